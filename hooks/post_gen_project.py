@@ -1,0 +1,167 @@
+"""Finish a bake: prune what was not chosen, write secrets, lock, say what is next.
+
+Cookiecutter renders this file with Jinja and runs it inside the new project
+directory. The functions take everything they need as arguments, so
+``tests/test_hooks.py`` imports and exercises them directly. Stdlib only: the
+hook runs on whatever Python runs cookiecutter (3.10 or newer).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+# Raw string: the JSON may contain backslashes, and ``\"`` can never close it.
+_RENDERED = r"""{{ cookiecutter | jsonify }}"""
+
+# The single source of truth for pruning: each option value owns the paths
+# listed for it, relative to the generated project, with ``{package}`` standing
+# for the package directory. The paths of every value that was NOT chosen are
+# removed. ``tests/test_manifest.py`` checks that each path exists in the
+# template, so a renamed file cannot silently escape pruning.
+MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
+    ("use_postgres", True): (
+        "alembic.ini",
+        "migrations",
+        "src/{package}/db.py",
+        "tests/test_db.py",
+    ),
+    ("use_redis", True): (
+        "src/{package}/cache.py",
+        "tests/test_cache.py",
+    ),
+    ("include_example_api", True): (
+        "src/{package}/api/items.py",
+        "src/{package}/models.py",
+        "migrations/versions/0001_create_items.py",
+        "tests/test_items.py",
+    ),
+    ("server", "gunicorn"): ("gunicorn.conf.py",),
+    ("server", "uvicorn"): ("src/{package}/__main__.py",),
+    ("ci", "github"): (".github",),
+    ("ci", "gitlab"): (".gitlab-ci.yml",),
+}
+
+# Placeholders in .env.example that must never reach a running service; each is
+# replaced by a fresh random value in .env.
+SECRET_PLACEHOLDERS = ("SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
+PLACEHOLDER_VALUE = "change-me"
+# URLs in .env that embed one of those passwords (``scheme://user:change-me@host``).
+URL_PASSWORDS = {"DATABASE_URL": "POSTGRES_PASSWORD", "REDIS_URL": "REDIS_PASSWORD"}
+
+UV_LOCK_TIMEOUT_SECONDS = 300
+
+
+def paths_to_remove(
+    context: Mapping[str, Any], manifest: Mapping[tuple[str, object], Iterable[str]] = MANIFEST
+) -> list[str]:
+    """The manifest paths owned by option values the user did not choose."""
+    package = str(context["package_name"])
+    chosen: set[str] = set()
+    unchosen: list[str] = []
+    for (option, value), paths in manifest.items():
+        formatted = [p.format(package=package) for p in paths]
+        if context[option] == value:
+            chosen.update(formatted)
+        else:
+            unchosen.extend(formatted)
+    # A path kept by a chosen value wins (e.g. migrations/ stays with Postgres
+    # even though no example API was chosen).
+    return sorted(p for p in set(unchosen) if p not in chosen)
+
+
+def remove_paths(project_dir: Path, paths: Iterable[str]) -> None:
+    for relative in paths:
+        target = project_dir / relative
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def generate_secrets(env_example: str, token: Callable[[], str] | None = None) -> str:
+    """Return .env text: .env.example with every placeholder secret replaced.
+
+    A URL that embeds a password gets the same value as the password variable,
+    so the app on the host and the containers agree.
+    """
+    make_token = token or (lambda: secrets.token_urlsafe(32))
+    generated: dict[str, str] = {}
+    lines = env_example.splitlines()
+    for index, line in enumerate(lines):
+        key, sep, value = line.partition("=")
+        if sep and key in SECRET_PLACEHOLDERS and value == PLACEHOLDER_VALUE:
+            generated[key] = make_token()
+            lines[index] = f"{key}={generated[key]}"
+    for index, line in enumerate(lines):
+        key, sep, value = line.partition("=")
+        owner = URL_PASSWORDS.get(key)
+        if sep and owner in generated:
+            placeholder = f":{PLACEHOLDER_VALUE}@"
+            lines[index] = f"{key}={value.replace(placeholder, f':{generated[owner]}@')}"
+    return "\n".join(lines) + "\n"
+
+
+def write_env(project_dir: Path) -> None:
+    example = project_dir / ".env.example"
+    env = project_dir / ".env"
+    env.write_text(generate_secrets(example.read_text()))
+    env.chmod(0o600)
+
+
+def lock_command() -> list[str]:
+    return ["uv", "lock"]
+
+
+def lock_dependencies(project_dir: Path) -> bool:
+    """Make uv.lock match the pruned pyproject.toml. False when it could not."""
+    if shutil.which("uv") is None:
+        return False
+    try:
+        result = subprocess.run(
+            lock_command(),
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=UV_LOCK_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
+def next_steps(context: Mapping[str, Any], locked: bool) -> str:
+    slug = context["project_slug"]
+    lines = [f"\nCreated {slug}. Next:", f"  cd {slug}"]
+    if not locked:
+        lines.append(
+            "  uv lock            # uv.lock could not be refreshed here "
+            "(uv missing or package index unreachable)"
+        )
+    lines += [
+        "  git init && git add -A && git commit -m 'Initial commit'",
+        "  docker compose up --build        # app on http://localhost:8000/health/ready",
+        "  uv sync && uv run pytest         # tests (see README.md for the backing services)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    context: dict[str, Any] = json.loads(_RENDERED)
+    project_dir = Path.cwd()
+    remove_paths(project_dir, paths_to_remove(context))
+    write_env(project_dir)
+    locked = lock_dependencies(project_dir)
+    print(next_steps(context, locked))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""gunicorn settings, evaluated once in the master before any worker starts."""
+
+from {{ cookiecutter.package_name }}.settings import load_settings
+
+# Validate the whole environment here: a bad variable stops the master with one
+# line naming it, instead of every worker crashing and being respawned forever.
+_settings = load_settings()
+
+wsgi_app = "{{ cookiecutter.package_name }}.main:create_app()"
+# uvicorn-worker replaces the deprecated uvicorn.workers module.
+worker_class = "uvicorn_worker.UvicornWorker"
+workers = _settings.web_concurrency
+bind = f"0.0.0.0:{_settings.port}"
+forwarded_allow_ips = _settings.forwarded_allow_ips
+
+# On SIGTERM workers get this long to finish in-flight requests. compose.yaml's
+# stop_grace_period is a little longer, so Docker's SIGKILL never cuts it short.
+graceful_timeout = 25
+# A worker silent for this long is killed and replaced.
+timeout = 60
+keepalive = 5
+
+# Access and error logs to stdout/stderr: the container runtime collects them.
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+# /tmp is a tmpfs in compose.yaml; the default heartbeat dir may be read-only.
+worker_tmp_dir = "/tmp"  # noqa: S108

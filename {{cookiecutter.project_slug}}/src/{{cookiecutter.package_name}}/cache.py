@@ -1,0 +1,34 @@
+"""Redis: the client (and its connection pool) and its per-request dependency."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+def create_redis(settings: Settings) -> Redis:
+    # from_url builds a pool but opens no connection until the first command.
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.health_check_timeout_seconds,
+        socket_timeout=settings.health_check_timeout_seconds * 5,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+
+
+async def ping(redis: Redis) -> None:
+    if not await redis.ping():
+        raise ConnectionError("Redis did not answer PONG")
+
+
+def get_redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+RedisDep = Annotated[Redis, Depends(get_redis)]

@@ -1,0 +1,89 @@
+"""Liveness and readiness probes.
+
+``/health/live`` touches nothing: it answers as long as the process can serve,
+so an orchestrator restarts only a truly stuck process. ``/health/ready`` checks
+every dependency concurrently, each bounded by a timeout, and answers 503 when
+one fails so a load balancer stops sending traffic without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response, status
+from pydantic import BaseModel
+{%- if cookiecutter.use_postgres and cookiecutter.use_redis %}
+
+from {{ cookiecutter.package_name }} import cache, db
+{%- elif cookiecutter.use_redis %}
+
+from {{ cookiecutter.package_name }} import cache
+{%- elif cookiecutter.use_postgres %}
+
+from {{ cookiecutter.package_name }} import db
+{%- endif %}
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/health", tags=["health"])
+
+CheckStatus = Literal["ok", "error", "timeout"]
+
+
+class CheckResult(BaseModel):
+    status: CheckStatus
+    detail: str | None = None
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "error"]
+    checks: dict[str, CheckResult]
+
+
+async def run_check(name: str, probe: Callable[[], Awaitable[None]], seconds: float) -> CheckResult:
+    try:
+        async with asyncio.timeout(seconds):
+            await probe()
+    except TimeoutError:
+        logger.warning("readiness check timed out", extra={"check": name})
+        return CheckResult(status="timeout", detail=f"no answer within {seconds:g}s")
+    except Exception as error:  # any failure of a dependency means "not ready"
+        logger.warning("readiness check failed", extra={"check": name, "error": repr(error)})
+        return CheckResult(status="error", detail=type(error).__name__)
+    return CheckResult(status="ok")
+
+
+@router.get("/live", response_model=Liveness)
+async def live() -> Liveness:
+    return Liveness()
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
+)
+async def ready(request: Request, response: Response) -> Readiness:
+    state = request.app.state
+    timeout: float = state.settings.health_check_timeout_seconds
+    probes: dict[str, Callable[[], Awaitable[None]]] = {}
+{%- if cookiecutter.use_postgres %}
+    probes["database"] = lambda: db.ping(state.engine)
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    probes["redis"] = lambda: cache.ping(state.redis)
+{%- endif %}
+    results = await asyncio.gather(
+        *(run_check(name, probe, timeout) for name, probe in probes.items())
+    )
+    checks = dict(zip(probes, results, strict=True))
+    healthy = all(result.status == "ok" for result in checks.values())
+    if not healthy:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Readiness(status="ok" if healthy else "error", checks=checks)

@@ -1,0 +1,23 @@
+"""Container HEALTHCHECK: exit 0 when /health/live answers 200, else 1.
+
+Uses only the standard library, so the image needs no curl or wget.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+
+
+def main() -> int:
+    url = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health/live"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return 0 if response.status == 200 else 1
+    except OSError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
