@@ -68,8 +68,9 @@ class ValidationError(Exception):
 
 def stdlib_modules() -> frozenset[str]:
     """Names of the standard library's top-level modules for this interpreter."""
-    # ``test`` is in the list on CPython; ``this`` and ``antigravity`` too.
-    return frozenset(sys.stdlib_module_names)
+    # sys.stdlib_module_names leaves out CPython's own ``test`` package, which
+    # is installed all the same and is the classic name clash.
+    return frozenset(sys.stdlib_module_names) | {"test"}
 
 
 # Generated lines embed these names; the limits keep every line under ruff's 100.
@@ -80,6 +81,10 @@ MAX_PACKAGE_NAME = 40
 def validate_project_name(name: str) -> None:
     if not name.strip():
         raise ValidationError("project_name is empty: give the service a name.")
+    if not any(character.isalnum() for character in name):
+        raise ValidationError(
+            f"project_name {name!r} has no letter or digit to derive project_slug from."
+        )
     if len(name) > MAX_PROJECT_NAME:
         raise ValidationError(
             f"project_name {name!r} is longer than {MAX_PROJECT_NAME} characters."
@@ -96,6 +101,10 @@ def validate_slug(slug: str) -> None:
         raise ValidationError(
             f"project_slug {slug!r} is not lowercase kebab-case "
             "(letters, digits and single hyphens, starting with a letter)."
+        )
+    if len(slug) > MAX_PROJECT_NAME:
+        raise ValidationError(
+            f"project_slug {slug!r} is longer than {MAX_PROJECT_NAME} characters."
         )
 
 

@@ -1,10 +1,22 @@
-"""Fixtures: the app with its lifespan, against REAL backing services.
+"""Fixtures: the app with its lifespan{% if cookiecutter.use_postgres or cookiecutter.use_redis %}, against REAL backing services{% endif %}.
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 
-The tests talk to the PostgreSQL and Redis named by DATABASE_URL and REDIS_URL
-(environment or .env). Start them with ``docker compose up -d db redis``. The
-database tests run in a separate ``<name>_test`` database, created and migrated
-at the start of the session and dropped at its end; your dev data is untouched.
-"""
+The tests talk to the services named by
+{%- if cookiecutter.use_postgres %} DATABASE_URL{% endif %}
+{%- if cookiecutter.use_postgres and cookiecutter.use_redis %} and{% endif %}
+{%- if cookiecutter.use_redis %} REDIS_URL{% endif %}
+(environment or .env), never to fakes. Start them with:
+``docker compose up -d --wait{% if cookiecutter.use_postgres %} db{% endif %}{% if cookiecutter.use_redis %} redis{% endif %}``.
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+The database tests run in a separate ``<name>_test`` database, created and
+migrated at the start of the session and dropped at its end.
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+Redis tests use logical database 15 and flush it after each test.
+{%- endif %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+{% endif %}"""
 
 from __future__ import annotations
 
@@ -39,13 +51,15 @@ from {{ cookiecutter.package_name }}.db import Base
 {% endif -%}
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 
-START_HINT = "start them with: docker compose up -d{% if cookiecutter.use_postgres %} db{% endif %}{% if cookiecutter.use_redis %} redis{% endif %}"
+START_HINT = "start them with: docker compose up -d --wait{% if cookiecutter.use_postgres %} db{% endif %}{% if cookiecutter.use_redis %} redis{% endif %}"
 
 
 def unreachable(what: str, url: str, error: BaseException) -> None:
     """Stop the whole run with one line: every test below needs the service."""
     pytest.exit(f"{what} at {url} is unreachable ({type(error).__name__}); {START_HINT}", 1)
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 
 

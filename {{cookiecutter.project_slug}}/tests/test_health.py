@@ -7,11 +7,15 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- endif %}
 
-EXPECTED_CHECKS = {
-{%- if cookiecutter.use_postgres %}"database"{% endif %}
-{%- if cookiecutter.use_postgres and cookiecutter.use_redis %}, {% endif %}
-{%- if cookiecutter.use_redis %}"redis"{% endif -%}
-}
+{% if cookiecutter.use_postgres and cookiecutter.use_redis -%}
+EXPECTED_CHECKS = {"database", "redis"}
+{%- elif cookiecutter.use_postgres -%}
+EXPECTED_CHECKS = {"database"}
+{%- elif cookiecutter.use_redis -%}
+EXPECTED_CHECKS = {"redis"}
+{%- else -%}
+EXPECTED_CHECKS: set[str] = set()
+{%- endif %}
 
 
 async def test_live_touches_no_dependency(client: AsyncClient) -> None:

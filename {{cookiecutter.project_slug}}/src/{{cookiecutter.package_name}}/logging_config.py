@@ -8,6 +8,8 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access"{% if cookiecutter.server == "gunicorn" %}, "gunicorn.error"{% endif %})
+
 # Set per request by the request-id middleware; read by every log record.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -39,13 +41,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
-    """Route the root, uvicorn and gunicorn loggers through one JSON handler."""
+    """Route the root and the server's loggers through one JSON handler."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
+    for name in SERVER_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True

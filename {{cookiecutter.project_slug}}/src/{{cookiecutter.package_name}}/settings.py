@@ -108,9 +108,9 @@ class ConfigurationError(SystemExit):
 def describe(error: ValidationError) -> str:
     """One line per bad variable, named as it is spelled in the environment."""
     problems = []
-    for item in error.errors():
-        name = "_".join(str(part) for part in item["loc"][:1]).upper() or "SETTINGS"
-        message = str(item["msg"]).removeprefix("Value error, ")
+    for detail in error.errors():
+        name = "_".join(str(part) for part in detail["loc"][:1]).upper() or "SETTINGS"
+        message = str(detail["msg"]).removeprefix("Value error, ")
         problems.append(f"{name}: {message}" if name != "SETTINGS" else message)
     return "invalid configuration: " + "; ".join(problems)
 

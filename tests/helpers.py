@@ -1,0 +1,109 @@
+"""Baking, running tools in a baked project, and Docker availability."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1]
+TEMPLATE_PROJECT = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
+COOKIECUTTER_JSON: dict[str, Any] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def defaults() -> dict[str, Any]:
+    """The answers a user gets by pressing enter at every prompt."""
+    answers: dict[str, Any] = {}
+    for key, value in COOKIECUTTER_JSON.items():
+        if key.startswith("_"):
+            continue
+        answers[key] = value[0] if isinstance(value, list) else value
+    answers["project_slug"] = "my-service"
+    answers["package_name"] = "my_service"
+    return answers
+
+
+def bake(output_dir: Path, **extra: Any) -> Path:
+    """Generate a project with the cookiecutter API, hooks included."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    project = cookiecutter(
+        str(TEMPLATE_DIR), no_input=True, output_dir=str(output_dir), extra_context=extra
+    )
+    return Path(project)
+
+
+def context_of(**extra: Any) -> dict[str, Any]:
+    answers = defaults()
+    answers.update(extra)
+    return answers
+
+
+def run(
+    command: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, and on failure fail the test with its whole output."""
+    merged = {**os.environ, **(env or {})}
+    # A baked project must not borrow the template's own virtual environment.
+    merged.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        list(command),
+        cwd=cwd,
+        env=merged,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(command)}` exited {result.returncode} in {cwd}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}",
+            pytrace=False,
+        )
+    return result
+
+
+def docker_usable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    info = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    compose = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    return info.returncode == 0 and compose.returncode == 0
+
+
+def require_docker() -> None:
+    """Skip on a laptop without Docker; fail loudly in CI, where it must exist."""
+    if docker_usable():
+        return
+    message = "Docker engine with the compose plugin is not usable"
+    if IN_CI:
+        pytest.fail(f"{message}; CI must provide it (.ci/run provisions it)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_compose_cli() -> None:
+    """`docker compose config` needs only the CLI plugin, not a running engine."""
+    ok = (
+        shutil.which("docker") is not None
+        and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail("the docker compose CLI is missing; CI must provide it", pytrace=False)
+    pytest.skip("the docker compose CLI is missing")

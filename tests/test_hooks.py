@@ -1,0 +1,136 @@
+"""Unit tests of the hook functions, imported directly (no bake)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hooks import post_gen_project as post
+from hooks import pre_gen_project as pre
+from tests.helpers import context_of
+
+
+@pytest.mark.parametrize("slug", ["api", "my-service", "a1-b2-c3"])
+def test_valid_slugs_pass(slug: str) -> None:
+    pre.validate_slug(slug)
+
+
+@pytest.mark.parametrize("slug", ["", "My-Service", "my_service", "-svc", "svc-", "a--b", "1svc"])
+def test_invalid_slugs_are_named(slug: str) -> None:
+    with pytest.raises(pre.ValidationError, match="project_slug"):
+        pre.validate_slug(slug)
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("class", "keyword"),
+        ("match", "keyword"),
+        ("typing", "standard library"),
+        ("test", "standard library"),
+        ("fastapi", "depends on"),
+        ("redis", "depends on"),
+        ("alembic", "depends on"),
+        ("My_Pkg", "identifier"),
+        ("pkg-name", "identifier"),
+        ("café", "identifier"),
+        ("a" * 41, "longer than"),
+    ],
+)
+def test_invalid_package_names_are_named_with_the_rule(name: str, rule: str) -> None:
+    with pytest.raises(pre.ValidationError, match=rule) as caught:
+        pre.validate_package_name(name)
+    assert "package_name" in str(caught.value)
+
+
+@pytest.mark.parametrize("email", ["jane@example.com", "a.b+c@mail.example.org"])
+def test_valid_emails_pass(email: str) -> None:
+    pre.validate_email(email)
+
+
+@pytest.mark.parametrize("email", ["jane", "jane@", "@example.com", "jane@localhost", "a b@c.d"])
+def test_invalid_emails_are_refused(email: str) -> None:
+    with pytest.raises(pre.ValidationError, match="author_email"):
+        pre.validate_email(email)
+
+
+def test_unknown_choice_is_refused() -> None:
+    with pytest.raises(pre.ValidationError, match="postgres_version '9'"):
+        pre.validate(context_of(postgres_version="9"))
+
+
+def test_example_api_without_postgres_is_refused() -> None:
+    with pytest.raises(pre.ValidationError, match="include_example_api"):
+        pre.validate(context_of(use_postgres=False, include_example_api=True))
+
+
+def test_defaults_are_valid() -> None:
+    pre.validate(context_of())
+
+
+def test_paths_to_remove_follow_the_choices() -> None:
+    removed = post.paths_to_remove(context_of(use_redis=False, server="uvicorn", ci="gitlab"))
+    assert "src/my_service/cache.py" in removed
+    assert "gunicorn.conf.py" in removed
+    assert ".github" in removed
+    assert ".gitlab-ci.yml" not in removed
+    assert "src/my_service/__main__.py" not in removed
+    assert "src/my_service/db.py" not in removed
+
+
+def test_a_path_kept_by_a_chosen_value_is_not_removed() -> None:
+    # The example migration belongs to the example API; migrations/ to Postgres.
+    removed = post.paths_to_remove(context_of(include_example_api=False))
+    assert "migrations/versions/0001_create_items.py" in removed
+    assert "migrations" not in removed
+
+
+def test_remove_paths_deletes_files_and_trees(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_text("x")
+    (tmp_path / "file").write_text("x")
+    post.remove_paths(tmp_path, ["tree", "file", "absent"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_secrets_replaces_placeholders_and_urls() -> None:
+    example = "\n".join(
+        [
+            "# comment mentioning change-me stays",
+            "SECRET_KEY=change-me",
+            "POSTGRES_PASSWORD=change-me",
+            "DATABASE_URL=postgresql+asyncpg://app:change-me@localhost:5432/app",
+            "REDIS_PASSWORD=change-me",
+            "REDIS_URL=redis://:change-me@localhost:6379/0",
+            "LOG_LEVEL=INFO",
+        ]
+    )
+    tokens = iter(["s1", "p1", "r1"])
+    env = post.generate_secrets(example, token=lambda: next(tokens))
+    assert env.splitlines() == [
+        "# comment mentioning change-me stays",
+        "SECRET_KEY=s1",
+        "POSTGRES_PASSWORD=p1",
+        "DATABASE_URL=postgresql+asyncpg://app:p1@localhost:5432/app",
+        "REDIS_PASSWORD=r1",
+        "REDIS_URL=redis://:r1@localhost:6379/0",
+        "LOG_LEVEL=INFO",
+    ]
+
+
+def test_generated_secrets_are_random_and_long() -> None:
+    first = post.generate_secrets("SECRET_KEY=change-me")
+    second = post.generate_secrets("SECRET_KEY=change-me")
+    assert first != second
+    assert len(first.strip().partition("=")[2]) >= 40
+
+
+def test_next_steps_name_the_lock_command_when_locking_failed() -> None:
+    assert "uv lock" in post.next_steps(context_of(), locked=False)
+    assert "uv lock " not in post.next_steps(context_of(), locked=True)
+
+
+def test_lock_is_skipped_without_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(post.shutil, "which", lambda _: None)
+    assert post.lock_dependencies(tmp_path) is False
