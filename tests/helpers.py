@@ -18,6 +18,35 @@ TEMPLATE_PROJECT = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
 COOKIECUTTER_JSON: dict[str, Any] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# Every value of every option appears at least once, plus all-on (default) and all-off.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "all-off": {
+        "use_postgres": False,
+        "use_redis": False,
+        "include_example_api": False,
+        "server": "uvicorn",
+        "ci": "none",
+        "license": "Proprietary",
+    },
+    "py312-pg16-redis7-gitlab": {
+        "python_version": "3.12",
+        "postgres_version": "16",
+        "redis_version": "7",
+        "ci": "gitlab",
+        "license": "Apache-2.0",
+    },
+    "py314-pg18-bsd": {
+        "python_version": "3.14",
+        "postgres_version": "18",
+        "license": "BSD-3-Clause",
+    },
+    "no-redis": {"use_redis": False},
+    "no-postgres": {"use_postgres": False, "include_example_api": False},
+    "no-example-api": {"include_example_api": False},
+    "uvicorn": {"server": "uvicorn"},
+}
+
 
 def defaults() -> dict[str, Any]:
     """The answers a user gets by pressing enter at every prompt."""

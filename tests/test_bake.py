@@ -13,36 +13,7 @@ import pytest
 import yaml
 
 from hooks.post_gen_project import MANIFEST
-from tests.helpers import bake, context_of, require_compose_cli, run
-
-# Every value of every option appears at least once, plus all-on (default) and all-off.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "all-off": {
-        "use_postgres": False,
-        "use_redis": False,
-        "include_example_api": False,
-        "server": "uvicorn",
-        "ci": "none",
-        "license": "Proprietary",
-    },
-    "py312-pg16-redis7-gitlab": {
-        "python_version": "3.12",
-        "postgres_version": "16",
-        "redis_version": "7",
-        "ci": "gitlab",
-        "license": "Apache-2.0",
-    },
-    "py314-pg18-bsd": {
-        "python_version": "3.14",
-        "postgres_version": "18",
-        "license": "BSD-3-Clause",
-    },
-    "no-redis": {"use_redis": False},
-    "no-postgres": {"use_postgres": False, "include_example_api": False},
-    "no-example-api": {"include_example_api": False},
-    "uvicorn": {"server": "uvicorn"},
-}
+from tests.helpers import VARIANTS, bake, context_of, require_compose_cli, run
 
 # Words that must not survive anywhere in a project that did not choose the option.
 FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
@@ -126,13 +97,13 @@ def test_unchosen_options_are_pruned_without_trace(variant: str) -> None:
     patterns = [p for option, p in FORBIDDEN_WHEN_OFF.items() if not context[option]]
     if context["server"] in FORBIDDEN_FOR_SERVER:
         patterns.append(FORBIDDEN_FOR_SERVER[context["server"]])
-    for path in project_files(project):
-        if path.name in {"LICENSE", ".env"}:
+    for file in project_files(project):
+        if file.name in {"LICENSE", ".env"}:
             continue
-        text = path.read_text(errors="replace")
+        text = file.read_text(errors="replace")
         for pattern in patterns:
             match = pattern.search(text)
-            assert match is None, f"{path.relative_to(project)} mentions {match.group(0)!r}"
+            assert match is None, f"{file.relative_to(project)} mentions {match.group(0)!r}"
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)

@@ -132,5 +132,5 @@ def test_next_steps_name_the_lock_command_when_locking_failed() -> None:
 
 
 def test_lock_is_skipped_without_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(post.shutil, "which", lambda _: None)
+    monkeypatch.setattr("shutil.which", lambda _: None)
     assert post.lock_dependencies(tmp_path) is False

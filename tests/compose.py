@@ -1,0 +1,92 @@
+"""A generated project's compose stack under test: own project name, no fixed host port."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.helpers import run
+
+# Every published port is picked by Docker, so stacks can run side by side.
+RANDOM_PORTS = {"APP_PORT": "0", "POSTGRES_PORT": "0", "REDIS_PORT": "0"}
+
+
+class ComposeStack:
+    def __init__(self, project: Path, label: str) -> None:
+        self.project = project
+        self.name = f"fdt-{label}-{uuid.uuid4().hex[:8]}"
+        self.env = {**RANDOM_PORTS, "COMPOSE_PROJECT_NAME": self.name}
+
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        return run(
+            ["docker", "compose", *args], self.project, env=self.env, timeout=timeout, check=check
+        )
+
+    def up(self, *services: str, build: bool = False, timeout: int = 300) -> None:
+        args = ["up", "--detach", "--wait", "--wait-timeout", str(timeout)]
+        if build:
+            args.append("--build")
+        self.compose(*args, *services, timeout=timeout + 900)
+
+    def down(self) -> None:
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+
+    def port(self, service: str, container_port: int) -> int:
+        published = self.compose("port", service, str(container_port)).stdout.strip()
+        return int(published.rsplit(":", 1)[1])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port('app', 8000)}{path}"
+
+    def container_id(self, service: str, all_states: bool = False) -> str:
+        args = ["ps", "--quiet", *(["--all"] if all_states else []), service]
+        return self.compose(*args).stdout.strip()
+
+    def inspect(self, service: str) -> dict[str, Any]:
+        container = self.container_id(service, all_states=True)
+        output = run(["docker", "inspect", container], self.project).stdout
+        result: dict[str, Any] = json.loads(output)[0]
+        return result
+
+    def dotenv(self) -> dict[str, str]:
+        values = {}
+        for line in (self.project / ".env").read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not line.startswith("#"):
+                values[key] = value
+        return values
+
+    def logs_tail(self, lines: int = 80) -> str:
+        result = self.compose("logs", "--no-color", "--tail", str(lines), check=False)
+        return result.stdout + result.stderr
+
+    def wait_healthy(self, service: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.inspect(service)["State"].get("Health", {}).get("Status") == "healthy":
+                return
+            time.sleep(1)
+        raise AssertionError(f"{service} not healthy within {timeout}s")
+
+    def get(self, path: str, timeout: float = 5) -> httpx.Response:
+        return httpx.get(self.url(path), timeout=timeout)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Containers, volumes and networks still labelled with this project."""
+        label = f"label=com.docker.compose.project={self.name}"
+        found = {}
+        for kind, args in {
+            "containers": ["ps", "--all", "--quiet", "--filter", label],
+            "volumes": ["volume", "ls", "--quiet", "--filter", label],
+            "networks": ["network", "ls", "--quiet", "--filter", label],
+        }.items():
+            found[kind] = run(["docker", *args], self.project).stdout.split()
+        return found

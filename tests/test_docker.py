@@ -1,0 +1,162 @@
+"""Build the generated images and run the generated compose stacks for real.
+
+Each variant is baked under its own name (so images never collide), started with
+`docker compose up --build --wait` exactly as the service README says, checked,
+rebuilt after a code-only change, and taken down with nothing left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compose import ComposeStack
+from tests.helpers import VARIANTS, bake, context_of, run
+
+pytestmark = pytest.mark.docker
+
+E2E_VARIANTS = ["default", "no-redis", "no-postgres", "uvicorn"]
+
+# Printed by a throwaway container of the runtime image: what must NOT be there.
+IMAGE_PROBE = """
+import importlib.util, json, os, shutil
+print(json.dumps({
+    "modules": [m for m in ("pytest", "ruff", "mypy", "pip") if importlib.util.find_spec(m)],
+    "binaries": [b for b in ("uv", "uvx", "gcc", "cc", "curl", "wget") if shutil.which(b)],
+    "paths": [p for p in ("/app/.env", "/app/tests", "/app/.git", "/app/src") if os.path.exists(p)],
+    "uid": os.getuid(),
+}))
+"""
+
+
+def docker_time(value: str) -> datetime:
+    """Docker's RFC 3339 timestamps carry nanoseconds; keep microseconds."""
+    trimmed = re.sub(r"(\.\d{6})\d*", r"\1", value).replace("Z", "+00:00")
+    return datetime.fromisoformat(trimmed)
+
+
+def check_stack_started_in_order(stack: ComposeStack, context: dict[str, Any]) -> None:
+    long_running = ["app"] + (["db"] if context["use_postgres"] else [])
+    long_running += ["redis"] if context["use_redis"] else []
+    for service in long_running:
+        health = stack.inspect(service)["State"]["Health"]["Status"]
+        assert health == "healthy", f"{service} is {health}"
+    if context["use_postgres"]:
+        migrate = stack.inspect("migrate")["State"]
+        app = stack.inspect("app")["State"]
+        assert migrate["Status"] == "exited"
+        assert migrate["ExitCode"] == 0
+        assert docker_time(migrate["FinishedAt"]) <= docker_time(app["StartedAt"]), (
+            "the app started before the migrate job had finished"
+        )
+
+
+def check_health_endpoints(stack: ComposeStack, context: dict[str, Any]) -> None:
+    assert stack.get("/health/live").status_code == 200
+    ready = stack.get("/health/ready")
+    assert ready.status_code == 200, ready.text
+    expected = {"database"} if context["use_postgres"] else set()
+    expected |= {"redis"} if context["use_redis"] else set()
+    checks = ready.json()["checks"]
+    assert set(checks) == expected
+    assert all(check["status"] == "ok" for check in checks.values())
+
+
+def check_item_survives_app_restart(stack: ComposeStack) -> None:
+    import httpx
+
+    created = httpx.post(stack.url("/api/items"), json={"name": "persisted"}, timeout=5)
+    assert created.status_code == 201, created.text
+    item_id = created.json()["id"]
+    stack.compose("restart", "app")
+    stack.wait_healthy("app")
+    fetched = stack.get(f"/api/items/{item_id}")
+    assert fetched.status_code == 200
+    assert fetched.json()["name"] == "persisted"
+
+
+def check_non_root_and_image_healthcheck(stack: ComposeStack) -> None:
+    app = stack.inspect("app")
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", app["Config"]["User"]), app["Config"]["User"]
+    status = stack.compose("exec", "-T", "app", "cat", "/proc/1/status").stdout
+    uids = re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE)
+    assert uids is not None and int(uids.group(1)) > 0, "PID 1 runs as root"
+    healthcheck = " ".join(app["Config"]["Healthcheck"]["Test"])
+    assert ".healthcheck" in healthcheck, "the Dockerfile HEALTHCHECK is not the one in use"
+    assert app["State"]["Health"]["Status"] == "healthy"
+
+
+def check_runtime_image_is_lean(stack: ComposeStack, context: dict[str, Any]) -> str:
+    image = stack.inspect("app")["Config"]["Image"]
+    probe = run(
+        ["docker", "run", "--rm", "--entrypoint", "python", image, "-c", IMAGE_PROBE],
+        stack.project,
+    )
+    found = json.loads(probe.stdout)
+    assert found["modules"] == [], f"dev tools in the runtime image: {found['modules']}"
+    assert found["binaries"] == [], f"build tools in the runtime image: {found['binaries']}"
+    assert found["paths"] == [], f"files that must not ship: {found['paths']}"
+    assert found["uid"] != 0
+
+    def size(ref: str) -> int:
+        return int(
+            run(["docker", "image", "inspect", "-f", "{{.Size}}", ref], stack.project).stdout
+        )
+
+    base = f"python:{context['python_version']}-slim-trixie"
+    total, base_size = size(image), size(base)
+    return f"image {total / 1e6:.1f} MB, {(total - base_size) / 1e6:.1f} MB over {base}"
+
+
+def check_code_change_reuses_dependency_layer(stack: ComposeStack) -> str:
+    main = next((stack.project / "src").glob("*/main.py"))
+    main.write_text(main.read_text() + "\n# a code-only change\n")
+    started = time.monotonic()
+    build = stack.compose("--progress", "plain", "build", "app")
+    elapsed = time.monotonic() - started
+    log = build.stdout + build.stderr
+    step = re.search(r"^(#\d+) \[[^\]]*\] RUN .*--no-install-project", log, re.MULTILINE)
+    assert step is not None, f"dependency step not found in the build log:\n{log[-3000:]}"
+    assert re.search(rf"^{step.group(1)} CACHED$", log, re.MULTILINE), (
+        f"the dependency layer was rebuilt after a code-only change:\n{log[-3000:]}"
+    )
+    return f"rebuild after a code-only change {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize(
+    "variant", [pytest.param(v, marks=pytest.mark.xdist_group(f"docker-{v}")) for v in E2E_VARIANTS]
+)
+def test_compose_stack_end_to_end(
+    variant: str,
+    tmp_path: Path,
+    compose_stack: Callable[[Path, str], ComposeStack],
+    record_property: Callable[[str, object], None],
+) -> None:
+    answers = {**VARIANTS[variant], "project_name": f"E2E {variant}"}
+    context = context_of(**answers)
+    project = bake(tmp_path, **answers)
+    stack = compose_stack(project, variant)
+
+    started = time.monotonic()
+    stack.up(build=True)
+    record_property(
+        "figure", f"{variant}: first build and start {time.monotonic() - started:.1f} s"
+    )
+
+    check_stack_started_in_order(stack, context)
+    check_health_endpoints(stack, context)
+    if context["include_example_api"]:
+        check_item_survives_app_restart(stack)
+    check_non_root_and_image_healthcheck(stack)
+    record_property("figure", f"{variant}: {check_runtime_image_is_lean(stack, context)}")
+    record_property("figure", f"{variant}: {check_code_change_reuses_dependency_layer(stack)}")
+
+    stack.down()
+    assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
