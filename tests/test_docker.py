@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -117,7 +118,8 @@ def check_runtime_image_is_lean(stack: ComposeStack, context: dict[str, Any]) ->
 
 def check_code_change_reuses_dependency_layer(stack: ComposeStack) -> str:
     main = next((stack.project / "src").glob("*/main.py"))
-    main.write_text(main.read_text() + "\n# a code-only change\n")
+    # Unique, so BuildKit cannot serve the project layer from an earlier run either.
+    main.write_text(main.read_text() + f"\n# a code-only change {uuid.uuid4().hex}\n")
     started = time.monotonic()
     build = stack.compose("--progress", "plain", "build", "app")
     elapsed = time.monotonic() - started
@@ -126,6 +128,11 @@ def check_code_change_reuses_dependency_layer(stack: ComposeStack) -> str:
     assert step is not None, f"dependency step not found in the build log:\n{log[-3000:]}"
     assert re.search(rf"^{step.group(1)} CACHED$", log, re.MULTILINE), (
         f"the dependency layer was rebuilt after a code-only change:\n{log[-3000:]}"
+    )
+    source = re.search(r"^(#\d+) \[[^\]]*\] COPY src ", log, re.MULTILINE)
+    assert source is not None, f"source step not found in the build log:\n{log[-3000:]}"
+    assert not re.search(rf"^{source.group(1)} CACHED$", log, re.MULTILINE), (
+        "the changed source was not copied again"
     )
     return f"rebuild after a code-only change {elapsed:.1f} s"
 

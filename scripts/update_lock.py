@@ -1,0 +1,56 @@
+"""Refresh the uv.lock that ships with the template (for the default answers).
+
+Bakes the default project, re-resolves its lock to the newest versions
+(``uv lock --upgrade``), and writes it back with the project's own name,
+version and Python floor turned into template variables. Run it, then the
+template's tests, before a release:
+
+    uv run python scripts/update_lock.py && uv run pytest
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import TEMPLATE_PROJECT, bake, defaults  # noqa: E402
+
+
+def templated(lock: str, answers: dict[str, str]) -> str:
+    """Replace the baked project's identity in the lock with Jinja variables."""
+    slug, version, python = answers["project_slug"], answers["version"], answers["python_version"]
+    lock = lock.replace(
+        f'requires-python = ">={python}"',
+        'requires-python = ">={{ cookiecutter.python_version }}"',
+        1,
+    )
+    pattern = re.compile(
+        rf'^name = "{re.escape(slug)}"\nversion = "{re.escape(version)}"$', re.MULTILINE
+    )
+    lock, count = pattern.subn(
+        'name = "{{ cookiecutter.project_slug }}"\nversion = "{{ cookiecutter.version }}"', lock
+    )
+    if count != 1:
+        raise SystemExit("could not find the project's own entry in uv.lock")
+    return lock
+
+
+def main() -> int:
+    answers = defaults()
+    with tempfile.TemporaryDirectory() as tmp:
+        project = bake(Path(tmp))
+        subprocess.run(["uv", "lock", "--upgrade"], cwd=project, check=True)
+        lock = (project / "uv.lock").read_text()
+    (TEMPLATE_PROJECT / "uv.lock").write_text(templated(lock, answers))
+    print(f"wrote {TEMPLATE_PROJECT / 'uv.lock'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
