@@ -43,7 +43,6 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_items.py",
     ),
     ("server", "gunicorn"): ("gunicorn.conf.py",),
-    ("server", "uvicorn"): ("src/{package}/__main__.py",),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml",),
 }
@@ -115,26 +114,31 @@ def write_env(project_dir: Path) -> None:
     env.chmod(0o600)
 
 
-def lock_command() -> list[str]:
-    return ["uv", "lock"]
+def lock_commands() -> list[list[str]]:
+    """Online first; then offline, which succeeds when uv's cache already holds
+    every package (a warm cache). A cold cache cannot re-resolve offline."""
+    return [["uv", "lock"], ["uv", "lock", "--offline"]]
 
 
 def lock_dependencies(project_dir: Path) -> bool:
     """Make uv.lock match the pruned pyproject.toml. False when it could not."""
     if shutil.which("uv") is None:
         return False
-    try:
-        result = subprocess.run(
-            lock_command(),
-            cwd=project_dir,
-            capture_output=True,
-            text=True,
-            timeout=UV_LOCK_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return result.returncode == 0
+    for command in lock_commands():
+        try:
+            result = subprocess.run(
+                command,
+                cwd=project_dir,
+                capture_output=True,
+                text=True,
+                timeout=UV_LOCK_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            continue
+        if result.returncode == 0:
+            return True
+    return False
 
 
 def next_steps(context: Mapping[str, Any], locked: bool) -> str:

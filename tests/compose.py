@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers import run
+
+# Where a test keeps its stacks, so a failure report can show their logs.
+STACKS_KEY = pytest.StashKey[list["ComposeStack"]]()
 
 # Every published port is picked by Docker, so stacks can run side by side.
 RANDOM_PORTS = {"APP_PORT": "0", "POSTGRES_PORT": "0", "REDIS_PORT": "0"}

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose import ComposeStack
+from tests.compose import STACKS_KEY, ComposeStack
 from tests.helpers import require_docker
-
-STACKS_KEY = pytest.StashKey[list[ComposeStack]]()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -59,6 +59,13 @@ def check_stack_started_in_order(stack: ComposeStack, context: dict[str, Any]) -
         )
 
 
+def check_manual_migration_commands(stack: ComposeStack) -> None:
+    """The README's by-hand commands work against the running stack."""
+    current = stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", "current")
+    assert "0001 (head)" in current.stdout + current.stderr
+    stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", "upgrade", "head")
+
+
 def check_health_endpoints(stack: ComposeStack, context: dict[str, Any]) -> None:
     assert stack.get("/health/live").status_code == 200
     ready = stack.get("/health/ready")
@@ -160,6 +167,7 @@ def test_compose_stack_end_to_end(
     check_stack_started_in_order(stack, context)
     check_health_endpoints(stack, context)
     if context["include_example_api"]:
+        check_manual_migration_commands(stack)
         check_item_survives_app_restart(stack)
     check_non_root_and_image_healthcheck(stack)
     record_property("figure", f"{variant}: {check_runtime_image_is_lean(stack, context)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,6 @@ def test_paths_to_remove_follow_the_choices() -> None:
     assert "gunicorn.conf.py" in removed
     assert ".github" in removed
     assert ".gitlab-ci.yml" not in removed
-    assert "src/my_service/__main__.py" not in removed
     assert "src/my_service/db.py" not in removed
 
 
@@ -133,4 +133,27 @@ def test_next_steps_name_the_lock_command_when_locking_failed() -> None:
 
 def test_lock_is_skipped_without_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("shutil.which", lambda _: None)
+    assert post.lock_dependencies(tmp_path) is False
+
+
+def test_lock_falls_back_to_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0 if "--offline" in command else 2)
+
+    monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/uv")
+    monkeypatch.setattr("subprocess.run", fake_run)
+    assert post.lock_dependencies(tmp_path) is True
+    assert calls == [["uv", "lock"], ["uv", "lock", "--offline"]]
+
+
+def test_lock_reports_failure_when_both_attempts_fail(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/uv")
+    monkeypatch.setattr(
+        "subprocess.run", lambda command, **_: subprocess.CompletedProcess(command, 1)
+    )
     assert post.lock_dependencies(tmp_path) is False

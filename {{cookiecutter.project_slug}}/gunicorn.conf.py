@@ -2,8 +2,8 @@
 
 from {{ cookiecutter.package_name }}.settings import load_settings
 
-# Validate the whole environment here: a bad variable stops the master with one
-# line naming it, instead of every worker crashing and being respawned forever.
+# Also checked here (not only in __main__) for anyone who runs `gunicorn` directly:
+# a bad variable stops the master instead of crash-looping every worker.
 _settings = load_settings()
 
 wsgi_app = "{{ cookiecutter.package_name }}.main:create_app()"

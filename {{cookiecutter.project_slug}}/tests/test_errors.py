@@ -6,6 +6,9 @@ import logging
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+{%- if cookiecutter.use_postgres %}
+from sqlalchemy.exc import DBAPIError
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.logging_config import JsonFormatter, request_id_var
 
@@ -60,3 +63,20 @@ def test_log_lines_are_json_with_the_request_id() -> None:
     assert line["message"] == "hello you"
     assert line["request_id"] == "req-log"
     assert line["level"] == "INFO"
+{%- if cookiecutter.use_postgres %}
+
+
+@pytest.mark.parametrize(("invalidated", "expected"), [(True, 503), (False, 500)])
+async def test_database_errors_are_503_only_when_the_connection_dropped(
+    app: FastAPI, client: AsyncClient, invalidated: bool, expected: int
+) -> None:
+    @app.get("/db-error")
+    async def db_error() -> None:
+        raise DBAPIError(
+            "SELECT 1", None, ConnectionResetError("gone"), connection_invalidated=invalidated
+        )
+
+    response = await client.get("/db-error")
+    assert response.status_code == expected
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+{%- endif %}

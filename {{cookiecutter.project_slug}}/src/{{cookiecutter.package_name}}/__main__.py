@@ -1,16 +1,32 @@
-"""``python -m {{ cookiecutter.package_name }}``: serve the app with uvicorn."""
+"""``python -m {{ cookiecutter.package_name }}``: validate the environment, then serve.
+
+The container's CMD. The settings are checked before the server is even
+imported, so a bad variable stops the process once with one line naming it,
+instead of a traceback or workers that crash and respawn forever.
+"""
 
 from __future__ import annotations
 
-import uvicorn
+{% if cookiecutter.server == "gunicorn" -%}
+import sys
 
+{% endif -%}
 from {{ cookiecutter.package_name }}.settings import load_settings
 
 
 def main() -> None:
-    # Validated before uvicorn forks, so a bad variable stops the process once
-    # with its name rather than crash-looping every worker.
+{%- if cookiecutter.server == "gunicorn" %}
+    load_settings()
+    # Imported only now: gunicorn parses WEB_CONCURRENCY while importing.
+    from gunicorn.app.wsgiapp import run
+
+    # Workers, bind, timeouts and logs are in gunicorn.conf.py.
+    sys.argv = [sys.argv[0], "--config", "gunicorn.conf.py"]
+    run(prog="gunicorn")
+{%- else %}
     settings = load_settings()
+    import uvicorn
+
     uvicorn.run(
         "{{ cookiecutter.package_name }}.main:create_app",
         factory=True,
@@ -24,6 +40,7 @@ def main() -> None:
         timeout_graceful_shutdown=25,
         log_config=None,
     )
+{%- endif %}
 
 
 if __name__ == "__main__":

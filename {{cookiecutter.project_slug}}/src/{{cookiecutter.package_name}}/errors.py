@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 {%- endif %}
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -113,7 +113,22 @@ async def dependency_unavailable(request: Request, exc: Exception) -> JSONRespon
     )
 
 
+{%- if cookiecutter.use_postgres %}
+
+
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    # A connection the server dropped mid-query arrives as a plain DBAPIError
+    # flagged as invalidated; any other database error is a bug: let it be a 500.
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return await dependency_unavailable(request, exc)
+    raise exc
+{%- endif %}
+
+
 def install_error_handling(app: FastAPI) -> None:
     for error_type in UNAVAILABLE_ERRORS:
         app.add_exception_handler(error_type, dependency_unavailable)
+{%- if cookiecutter.use_postgres %}
+    app.add_exception_handler(DBAPIError, database_error)
+{%- endif %}
     app.add_middleware(RequestIdMiddleware)

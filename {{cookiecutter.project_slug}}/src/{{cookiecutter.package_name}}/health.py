@@ -15,6 +15,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel
+from starlette.datastructures import State
 {%- if cookiecutter.use_postgres and cookiecutter.use_redis %}
 
 from {{ cookiecutter.package_name }} import cache, db
@@ -64,13 +65,7 @@ async def live() -> Liveness:
     return Liveness()
 
 
-@router.get(
-    "/ready",
-    response_model=Readiness,
-    responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
-)
-async def ready(request: Request, response: Response) -> Readiness:
-    state = request.app.state
+async def check_dependencies(state: State) -> Readiness:
     timeout: float = state.settings.health_check_timeout_seconds
     probes: dict[str, Callable[[], Awaitable[None]]] = {}
 {%- if cookiecutter.use_postgres %}
@@ -84,6 +79,24 @@ async def ready(request: Request, response: Response) -> Readiness:
     )
     checks = dict(zip(probes, results, strict=True))
     healthy = all(result.status == "ok" for result in checks.values())
-    if not healthy:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Readiness(status="ok" if healthy else "error", checks=checks)
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
+)
+async def ready(request: Request, response: Response) -> Readiness:
+    state = request.app.state
+    # Single flight: requests that arrive while a check runs share its result,
+    # so a burst of probes (or a load balancer with many nodes) costs the
+    # database one query per worker at a time, never a pool exhausted by pings.
+    running: asyncio.Task[Readiness] | None = getattr(state, "readiness_check", None)
+    if running is None or running.done():
+        running = asyncio.ensure_future(check_dependencies(state))
+        state.readiness_check = running
+    result = await asyncio.shield(running)
+    if result.status != "ok":
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return result

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # How long one readiness check may take before it counts as failed.
     health_check_timeout_seconds: float = Field(default=1.0, gt=0)
 
-    # Process manager settings, read by {% if cookiecutter.server == "gunicorn" %}gunicorn.conf.py{% else %}__main__.py{% endif %} before any worker starts.
+    # Server settings, read by {% if cookiecutter.server == "gunicorn" %}gunicorn.conf.py{% else %}__main__.py{% endif %} before any worker starts.
     port: int = Field(default=8000, ge=1, le=65535)
     web_concurrency: int = Field(default=2, ge=1)
     # Proxies whose X-Forwarded-* headers are trusted; "*" only behind a trusted load balancer.

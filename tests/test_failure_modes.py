@@ -1,0 +1,404 @@
+"""The generated service on a bad day: bad environment, lost dependencies, races,
+shutdown under traffic, load, and what an attacker could read from the image."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.compose import STACKS_KEY, ComposeStack
+from tests.helpers import IN_CI, VARIANTS, bake, require_docker, run
+
+GROUP = pytest.mark.xdist_group("failure-modes")
+
+
+# --- 2. bad environment at startup (real server processes on the host) ---------------------
+
+BAD_ENVIRONMENTS = [
+    ({"DATABASE_URL": "mysql://u:p@db/app"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+    ({"ENVIRONMENT": "production"}, "SECRET_KEY"),
+    ({"ENVIRONMENT": "production", "SECRET_KEY": "change-me"}, "SECRET_KEY"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"WEB_CONCURRENCY": "many"}, "WEB_CONCURRENCY"),
+]
+
+
+@pytest.fixture(scope="module", params=["default", "uvicorn"])
+def server_command(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    """A baked project with its locked runtime installed, and how its image starts it."""
+    variant: str = request.param
+    project = bake(tmp_path_factory.mktemp(f"startup-{variant}"), **VARIANTS[variant])
+    run(["uv", "sync", "--locked", "--no-dev"], project)
+    # Only the variables each case sets: no .env to fall back on.
+    (project / ".env").unlink()
+    # The image's CMD, for either server.
+    return project, [str(project / ".venv" / "bin" / "python"), "-m", "my_service"]
+
+
+@GROUP
+@pytest.mark.parametrize(("environment", "variable"), BAD_ENVIRONMENTS, ids=lambda v: str(v))
+def test_bad_environment_stops_the_server_naming_the_variable(
+    server_command: tuple[Path, list[str]],
+    environment: dict[str, str],
+    variable: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    project, command = server_command
+    env = {"PATH": "/usr/bin:/bin", **environment}
+    started = time.monotonic()
+    result = subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    elapsed = time.monotonic() - started
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode != 0
+    assert variable in output
+    assert "Traceback" not in output
+    assert len(output.splitlines()) <= 2, output
+    assert elapsed < 2, f"took {elapsed:.2f} s to refuse the configuration"
+    record_property("figure", f"refused {variable} in {elapsed:.2f} s")
+
+
+def test_two_bakes_get_different_secrets(tmp_path: Path) -> None:
+    def secrets_of(project: Path) -> dict[str, str]:
+        pairs = (line.partition("=") for line in (project / ".env").read_text().splitlines())
+        return {
+            k: v for k, _, v in pairs if k in {"SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"}
+        }
+
+    first = secrets_of(bake(tmp_path / "a"))
+    second = secrets_of(bake(tmp_path / "b"))
+    assert set(first) == {"SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"}
+    assert all(first[key] != second[key] for key in first)
+
+
+# --- the default stack, shared by the container cases below ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    require_docker()
+    project = bake(tmp_path_factory.mktemp("failure"), project_name="Failure Modes")
+    stack = ComposeStack(project, "failure")
+    try:
+        stack.up(build=True)
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+def stack(shared_stack: ComposeStack, request: pytest.FixtureRequest) -> ComposeStack:
+    """The shared stack, with its logs attached to this test's report if it fails."""
+    request.node.stash[STACKS_KEY] = [shared_stack]
+    return shared_stack
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def ready_status(stack: ComposeStack) -> tuple[int, dict[str, str]]:
+    response = stack.get("/health/ready", timeout=5)
+    checks = {name: check["status"] for name, check in response.json()["checks"].items()}
+    return response.status_code, checks
+
+
+# --- 8. HTTP errors on the real stack ------------------------------------------------------
+
+
+@GROUP
+def test_errors_are_json_and_carry_the_request_id(stack: ComposeStack) -> None:
+    missing = httpx.get(stack.url("/no/such/route"), headers={"X-Request-ID": "e2e-404"})
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "Not Found"}
+    assert missing.headers["x-request-id"] == "e2e-404"
+    invalid = httpx.post(stack.url("/api/items"), json={"name": ""})
+    assert invalid.status_code == 422
+    assert invalid.json()["detail"][0]["loc"] == ["body", "name"]
+    assert invalid.headers["x-request-id"]
+
+
+# --- 3. dependencies lost while running ----------------------------------------------------
+
+
+@GROUP
+def test_losing_postgres_degrades_to_503_and_recovers(
+    stack: ComposeStack, record_property: Callable[[str, object], None]
+) -> None:
+    assert ready_status(stack) == (200, {"database": "ok", "redis": "ok"})
+    stack.compose("stop", "db")
+    try:
+        started = time.monotonic()
+        status, checks = ready_status(stack)
+        elapsed = time.monotonic() - started
+        assert status == 503
+        assert checks["database"] != "ok" and checks["redis"] == "ok"
+        assert elapsed < 2, f"/health/ready took {elapsed:.2f} s with the database down"
+        assert stack.get("/health/live").status_code == 200
+        items = stack.get("/api/items", timeout=10)
+        assert items.status_code == 503, items.text
+        assert items.json()["request_id"] == items.headers["x-request-id"]
+        record_property("figure", f"ready answered 503 in {elapsed:.2f} s without Postgres")
+    finally:
+        stack.compose("start", "db")
+    recovered = wait_for(lambda: ready_status(stack)[0] == 200, 60, "recovery after Postgres")
+    assert stack.get("/api/items").status_code == 200
+    record_property("figure", f"ready back to 200 {recovered:.1f} s after Postgres started")
+
+
+@GROUP
+def test_losing_redis_degrades_to_503_and_recovers(stack: ComposeStack) -> None:
+    assert ready_status(stack)[0] == 200
+    stack.compose("stop", "redis")
+    try:
+        started = time.monotonic()
+        status, checks = ready_status(stack)
+        elapsed = time.monotonic() - started
+        assert status == 503
+        assert checks["redis"] != "ok" and checks["database"] == "ok"
+        assert elapsed < 2, f"/health/ready took {elapsed:.2f} s with Redis down"
+        assert stack.get("/health/live").status_code == 200
+    finally:
+        stack.compose("start", "redis")
+    wait_for(lambda: ready_status(stack)[0] == 200, 60, "recovery after Redis")
+
+
+# --- 4. migrations ---------------------------------------------------------------------------
+
+
+@GROUP
+def test_concurrent_migrate_jobs_apply_the_schema_once(stack: ComposeStack) -> None:
+    secrets = stack.dotenv()
+    psql = ["exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-v", "ON_ERROR_STOP=1", "-tAc"]
+    stack.compose(*psql, "DROP DATABASE IF EXISTS race WITH (FORCE)")
+    stack.compose(*psql, "CREATE DATABASE race")
+    url = f"postgresql+asyncpg://app:{secrets['POSTGRES_PASSWORD']}@db:5432/race"
+    command = [
+        "docker",
+        "compose",
+        "run",
+        "--rm",
+        "--no-deps",
+        "-e",
+        f"DATABASE_URL={url}",
+        "migrate",
+    ]
+    env = {**stack.env}
+    jobs = [
+        subprocess.Popen(
+            command, cwd=stack.project, env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs
+    race = ["exec", "-T", "db", "psql", "-U", "app", "-d", "race", "-tAc"]
+    versions = stack.compose(*race, "SELECT version_num FROM alembic_version").stdout.split()
+    assert versions == ["0001"]
+    tables = stack.compose(*race, "SELECT count(*) FROM pg_tables WHERE tablename = 'items'")
+    assert tables.stdout.strip() == "1"
+    stack.compose(*psql, "DROP DATABASE race WITH (FORCE)")
+
+
+@pytest.mark.xdist_group("failing-migration")
+def test_a_failing_migration_keeps_the_app_from_starting(
+    tmp_path: Path, compose_stack: Callable[[Path, str], ComposeStack]
+) -> None:
+    project = bake(tmp_path, project_name="Failing Migration")
+    (project / "migrations" / "versions" / "0002_broken.py").write_text(
+        '"""A revision that cannot apply."""\n\n'
+        "from alembic import op\n\n"
+        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        "def upgrade() -> None:\n"
+        '    op.execute("ALTER TABLE no_such_table ADD COLUMN x int")\n\n\n'
+        "def downgrade() -> None:\n    pass\n"
+    )
+    stack = compose_stack(project, "failing-migration")
+    result = stack.compose(
+        "up", "--detach", "--build", "--wait", "--wait-timeout", "120", check=False, timeout=900
+    )
+    assert result.returncode != 0, "compose up succeeded although the migration failed"
+    migrate = stack.inspect("migrate")["State"]
+    assert migrate["Status"] == "exited" and migrate["ExitCode"] != 0
+    app_ids = stack.container_id("app", all_states=True)
+    if app_ids:
+        app = stack.inspect("app")["State"]
+        assert app["Running"] is False
+        assert app["StartedAt"].startswith("0001-01-01"), "the app was started"
+
+
+# --- 7. hardening and secrets ----------------------------------------------------------------
+
+
+@GROUP
+def test_app_and_migrate_are_hardened(stack: ComposeStack) -> None:
+    for service in ("app", "migrate"):
+        host = stack.inspect(service)["HostConfig"]
+        assert host["ReadonlyRootfs"] is True, service
+        assert host["CapDrop"] == ["ALL"], service
+        assert "no-new-privileges:true" in host["SecurityOpt"], service
+        assert "/tmp" in host["Tmpfs"], service
+        user = stack.inspect(service)["Config"]["User"]
+        assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), f"{service} runs as {user!r}"
+
+
+@GROUP
+def test_no_secret_reaches_any_image_layer(stack: ComposeStack, tmp_path: Path) -> None:
+    secrets = {k: v for k, v in stack.dotenv().items() if k.endswith(("PASSWORD", "SECRET_KEY"))}
+    assert secrets
+    image = stack.inspect("app")["Config"]["Image"]
+    history = run(["docker", "history", "--no-trunc", image], stack.project).stdout
+    archive = tmp_path / "image.tar"
+    run(["docker", "save", "--output", str(archive), image], stack.project)
+    blobs = [history.encode()]
+    with tarfile.open(archive) as outer:
+        for member in outer.getmembers():
+            data = outer.extractfile(member) if member.isfile() else None
+            if data is None:
+                continue
+            content = data.read()
+            blobs.append(content)
+            if member.name.endswith((".tar", "layer.tar")) or content[:262][257:262] == b"ustar":
+                with tarfile.open(fileobj=io.BytesIO(content)) as layer:
+                    for entry in layer.getmembers():
+                        inner = layer.extractfile(entry) if entry.isfile() else None
+                        if inner is not None:
+                            blobs.append(entry.name.encode() + b"\n" + inner.read())
+    for name, value in secrets.items():
+        assert not any(value.encode() in blob for blob in blobs), f"{name} is in the image"
+
+
+# --- 6. load ---------------------------------------------------------------------------------
+
+
+def app_memory_bytes(stack: ComposeStack) -> int:
+    container = stack.container_id("app")
+    usage = (
+        run(
+            ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+            stack.project,
+        )
+        .stdout.split("/")[0]
+        .strip()
+    )
+    number, unit = re.fullmatch(r"([\d.]+)\s*([KMG]i?B|B)", usage).groups()  # type: ignore[union-attr]
+    scale = {
+        "B": 1,
+        "KiB": 2**10,
+        "MiB": 2**20,
+        "GiB": 2**30,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+    }
+    return int(float(number) * scale[unit])
+
+
+def wrk(url: str, seconds: int) -> dict[str, float]:
+    result = subprocess.run(
+        ["wrk", "--threads", "2", "--connections", "64", "--duration", f"{seconds}s",
+         "--timeout", "5s", "--latency", url],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    )  # fmt: skip
+    out = result.stdout
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert p99 and rps, out
+    to_ms = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "p99_ms": float(p99.group(1)) * to_ms[p99.group(2)],
+        "rps": float(rps.group(1)),
+    }
+
+
+@GROUP
+def test_load_has_no_errors_and_no_memory_growth(
+    stack: ComposeStack, record_property: Callable[[str, object], None]
+) -> None:
+    if shutil.which("wrk") is None:
+        if IN_CI:
+            pytest.fail("wrk is missing; .ci/run installs it", pytrace=False)
+        pytest.skip("wrk is not installed")
+    created = httpx.post(stack.url("/api/items"), json={"name": "load"})
+    item_url = stack.url(f"/api/items/{created.json()['id']}")
+    urls = [stack.url("/health/live"), stack.url("/health/ready"), item_url]
+    for url in urls:  # warm every worker and pool before measuring memory
+        wrk(url, 3)
+    before = app_memory_bytes(stack)
+    for url in urls:
+        figures = wrk(url, 30)
+        path = httpx.URL(url).path
+        record_property(
+            "figure",
+            f"wrk 64 connections 30 s {path}: {figures['rps']:.0f} req/s, "
+            f"p99 {figures['p99_ms']:.1f} ms",
+        )
+        assert figures["socket_errors"] == 0, f"{path}: {figures}"
+        assert figures["non_2xx"] == 0, f"{path}: {figures}"
+    after = app_memory_bytes(stack)
+    record_property(
+        "figure", f"app memory {before / 2**20:.1f} MiB before, {after / 2**20:.1f} after"
+    )
+    assert after <= before * 1.10, f"memory grew from {before} to {after} bytes"
+
+
+# --- 5. graceful shutdown (last: it stops the app) ------------------------------------------
+
+
+@GROUP
+def test_stop_lets_an_in_flight_request_finish(stack: ComposeStack) -> None:
+    port = stack.port("app", 8000)
+    body = b'{"name": "in flight"}'
+    with socket.create_connection(("127.0.0.1", port), timeout=40) as conn:
+        conn.sendall(
+            b"POST /api/items HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body[:5]
+        )
+        time.sleep(0.5)  # the server has the headers and awaits the rest of the body
+        stopping = threading.Thread(target=stack.compose, args=("stop", "app"))
+        started = time.monotonic()
+        stopping.start()
+        time.sleep(2)  # SIGTERM has reached the server while the request is open
+        conn.sendall(body[5:])
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    stopping.join(timeout=60)
+    elapsed = time.monotonic() - started
+    assert response.startswith(b"HTTP/1.1 201"), response[:200]
+    state = stack.inspect("app")["State"]
+    assert state["Running"] is False
+    assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}"
+    assert elapsed < 30, f"stop took {elapsed:.1f} s (stop_grace_period is 30 s)"
