@@ -220,3 +220,20 @@ def test_compose_config_is_valid(variant: str) -> None:
         ["docker", "compose", "-f", "compose.yaml", "-f", "compose.dev.yaml", "config", "-q"],
         project,
     )
+
+
+@pytest.mark.parametrize("variant", variant_params(), indirect=True)
+def test_stop_grace_period_outlasts_the_server_graceful_timeout(variant: str) -> None:
+    project = _BAKED[variant]
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    grace = re.fullmatch(r"(\d+)s", compose["services"]["app"]["stop_grace_period"])
+    assert grace is not None
+    if context_of(**VARIANTS[variant])["server"] == "gunicorn":
+        source = (project / "gunicorn.conf.py").read_text()
+        server = re.search(r"^graceful_timeout = (\d+)$", source, re.MULTILINE)
+    else:
+        source = next((project / "src").glob("*/__main__.py")).read_text()
+        server = re.search(r"timeout_graceful_shutdown=(\d+)", source)
+    assert server is not None
+    # Docker's SIGKILL must come after the server has given up on slow requests.
+    assert 0 < int(grace.group(1)) - int(server.group(1)) <= 10
