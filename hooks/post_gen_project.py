@@ -9,6 +9,7 @@ hook runs on whatever Python runs cookiecutter (3.10 or newer).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -108,10 +109,11 @@ def generate_secrets(env_example: str, token: Callable[[], str] | None = None) -
 
 
 def write_env(project_dir: Path) -> None:
-    example = project_dir / ".env.example"
-    env = project_dir / ".env"
-    env.write_text(generate_secrets(example.read_text()))
-    env.chmod(0o600)
+    """Write .env readable by its owner only, from the first byte on."""
+    text = generate_secrets((project_dir / ".env.example").read_text())
+    descriptor = os.open(project_dir / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as env:
+        env.write(text)
 
 
 def lock_commands() -> list[list[str]]:
@@ -120,10 +122,11 @@ def lock_commands() -> list[list[str]]:
     return [["uv", "lock"], ["uv", "lock", "--offline"]]
 
 
-def lock_dependencies(project_dir: Path) -> bool:
-    """Make uv.lock match the pruned pyproject.toml. False when it could not."""
+def lock_dependencies(project_dir: Path) -> str | None:
+    """Make uv.lock match the pruned pyproject.toml; None, or why it could not."""
     if shutil.which("uv") is None:
-        return False
+        return "uv is not on PATH"
+    reason = "uv lock failed"
     for command in lock_commands():
         try:
             result = subprocess.run(
@@ -135,20 +138,21 @@ def lock_dependencies(project_dir: Path) -> bool:
                 check=False,
             )
         except subprocess.TimeoutExpired:
+            reason = f"`{' '.join(command)}` took over {UV_LOCK_TIMEOUT_SECONDS} s"
             continue
         if result.returncode == 0:
-            return True
-    return False
+            return None
+        # uv's last line says why (index unreachable, no interpreter, bad TOML...).
+        last_lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        reason = last_lines[-1].strip() if last_lines else f"exit status {result.returncode}"
+    return reason
 
 
-def next_steps(context: Mapping[str, Any], locked: bool) -> str:
+def next_steps(context: Mapping[str, Any], lock_problem: str | None) -> str:
     slug = context["project_slug"]
     lines = [f"\nCreated {slug}. Next:", f"  cd {slug}"]
-    if not locked:
-        lines.append(
-            "  uv lock            # uv.lock could not be refreshed here "
-            "(uv missing or package index unreachable)"
-        )
+    if lock_problem is not None:
+        lines.append(f"  uv lock            # uv.lock could not be refreshed here: {lock_problem}")
     lines += [
         "  git init && git add -A && git commit -m 'Initial commit'",
         "  docker compose up --build        # app on http://localhost:8000/health/ready",
@@ -162,8 +166,7 @@ def main() -> int:
     project_dir = Path.cwd()
     remove_paths(project_dir, paths_to_remove(context))
     write_env(project_dir)
-    locked = lock_dependencies(project_dir)
-    print(next_steps(context, locked))
+    print(next_steps(context, lock_dependencies(project_dir)))
     return 0
 
 

@@ -20,12 +20,13 @@ from typing import Any
 # Raw string: the JSON may contain backslashes, and ``\"`` can never close it.
 _RENDERED = r"""{{ cookiecutter | jsonify }}"""
 
-SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-PACKAGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-# Deliberately strict: one @, no spaces, a dotted domain. It catches typos,
+SLUG_RE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+PACKAGE_RE = re.compile(r"[a-z][a-z0-9_]*")
+# Matched whole (fullmatch): a trailing newline is not a valid answer.
+# Deliberately strict: one @, no spaces or quotes, a dotted domain. It catches typos,
 # it is not an RFC 5322 parser.
-EMAIL_RE = re.compile(r"^[^@\s]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}([ab]|rc|\.dev|\.post)?\d*$")
+EMAIL_RE = re.compile(r"[^@\s\"\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+VERSION_RE = re.compile(r"\d+(\.\d+){0,2}([ab]|rc|\.dev|\.post)?\d*")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "python_version": ("3.12", "3.13", "3.14"),
@@ -43,6 +44,12 @@ DEPENDENCY_MODULES = frozenset(
         "alembic",
         "anyio",
         "asyncpg",
+        "click",
+        "dotenv",
+        "greenlet",
+        "h11",
+        "httptools",
+        "mako",
         "fastapi",
         "gunicorn",
         "httpx",
@@ -51,6 +58,7 @@ DEPENDENCY_MODULES = frozenset(
         "pydantic",
         "pydantic_settings",
         "pytest",
+        "pytest_asyncio",
         "redis",
         "ruff",
         "sqlalchemy",
@@ -58,6 +66,10 @@ DEPENDENCY_MODULES = frozenset(
         "tests",
         "uvicorn",
         "uvicorn_worker",
+        "uvloop",
+        "watchfiles",
+        "websockets",
+        "yaml",
     }
 )
 
@@ -97,7 +109,7 @@ def validate_description(description: str) -> None:
 
 
 def validate_slug(slug: str) -> None:
-    if not SLUG_RE.match(slug):
+    if not SLUG_RE.fullmatch(slug):
         raise ValidationError(
             f"project_slug {slug!r} is not lowercase kebab-case "
             "(letters, digits and single hyphens, starting with a letter)."
@@ -109,7 +121,7 @@ def validate_slug(slug: str) -> None:
 
 
 def validate_package_name(name: str) -> None:
-    if not PACKAGE_RE.match(name) or not name.isascii():
+    if not PACKAGE_RE.fullmatch(name) or not name.isascii():
         raise ValidationError(
             f"package_name {name!r} is not a lowercase Python identifier "
             "(a-z, 0-9 and _, starting with a letter)."
@@ -131,12 +143,12 @@ def validate_package_name(name: str) -> None:
 
 
 def validate_email(email: str) -> None:
-    if not EMAIL_RE.match(email):
+    if not EMAIL_RE.fullmatch(email):
         raise ValidationError(f"author_email {email!r} is not an email address (name@domain.tld).")
 
 
 def validate_version(version: str) -> None:
-    if not VERSION_RE.match(version):
+    if not VERSION_RE.fullmatch(version):
         raise ValidationError(f"version {version!r} is not a PEP 440 version such as 0.1.0.")
 
 

@@ -43,7 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "no-redis": {"use_redis": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False},
-    "no-example-api": {"include_example_api": False},
+    # Also an import name that differs from the distribution name.
+    "no-example-api": {"include_example_api": False, "package_name": "svc_core"},
     "uvicorn": {"server": "uvicorn"},
 }
 

@@ -17,7 +17,9 @@ def test_valid_slugs_pass(slug: str) -> None:
     pre.validate_slug(slug)
 
 
-@pytest.mark.parametrize("slug", ["", "My-Service", "my_service", "-svc", "svc-", "a--b", "1svc"])
+@pytest.mark.parametrize(
+    "slug", ["", "My-Service", "my_service", "-svc", "svc-", "a--b", "1svc", "svc\n"]
+)
 def test_invalid_slugs_are_named(slug: str) -> None:
     with pytest.raises(pre.ValidationError, match="project_slug"):
         pre.validate_slug(slug)
@@ -50,7 +52,9 @@ def test_valid_emails_pass(email: str) -> None:
     pre.validate_email(email)
 
 
-@pytest.mark.parametrize("email", ["jane", "jane@", "@example.com", "jane@localhost", "a b@c.d"])
+@pytest.mark.parametrize(
+    "email", ["jane", "jane@", "@example.com", "jane@localhost", "a b@c.d", 'a"b@c.d', "a@b.cd\n"]
+)
 def test_invalid_emails_are_refused(email: str) -> None:
     with pytest.raises(pre.ValidationError, match="author_email"):
         pre.validate_email(email)
@@ -126,14 +130,16 @@ def test_generated_secrets_are_random_and_long() -> None:
     assert len(first.strip().partition("=")[2]) >= 40
 
 
-def test_next_steps_name_the_lock_command_when_locking_failed() -> None:
-    assert "uv lock" in post.next_steps(context_of(), locked=False)
-    assert "uv lock " not in post.next_steps(context_of(), locked=True)
+def test_next_steps_name_the_lock_command_and_the_reason_when_locking_failed() -> None:
+    failed = post.next_steps(context_of(), lock_problem="no interpreter for >=3.14")
+    assert "uv lock" in failed
+    assert "no interpreter for >=3.14" in failed
+    assert "uv lock " not in post.next_steps(context_of(), lock_problem=None)
 
 
 def test_lock_is_skipped_without_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("shutil.which", lambda _: None)
-    assert post.lock_dependencies(tmp_path) is False
+    assert post.lock_dependencies(tmp_path) == "uv is not on PATH"
 
 
 def test_lock_falls_back_to_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -141,11 +147,11 @@ def test_lock_falls_back_to_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
     def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         calls.append(command)
-        return subprocess.CompletedProcess(command, 0 if "--offline" in command else 2)
+        return subprocess.CompletedProcess(command, 0 if "--offline" in command else 2, "", "")
 
     monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/uv")
     monkeypatch.setattr("subprocess.run", fake_run)
-    assert post.lock_dependencies(tmp_path) is True
+    assert post.lock_dependencies(tmp_path) is None
     assert calls == [["uv", "lock"], ["uv", "lock", "--offline"]]
 
 
@@ -154,6 +160,14 @@ def test_lock_reports_failure_when_both_attempts_fail(
 ) -> None:
     monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/uv")
     monkeypatch.setattr(
-        "subprocess.run", lambda command, **_: subprocess.CompletedProcess(command, 1)
+        "subprocess.run",
+        lambda command, **_: subprocess.CompletedProcess(command, 1, "", "error: offline\n"),
     )
-    assert post.lock_dependencies(tmp_path) is False
+    assert post.lock_dependencies(tmp_path) == "error: offline"
+
+
+def test_env_is_private_from_the_start(tmp_path: Path) -> None:
+    (tmp_path / ".env.example").write_text("SECRET_KEY=change-me\n")
+    post.write_env(tmp_path)
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    assert "change-me" not in (tmp_path / ".env").read_text()

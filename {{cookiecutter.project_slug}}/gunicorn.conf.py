@@ -24,5 +24,6 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
-# /tmp is a tmpfs in compose.yaml; the default heartbeat dir may be read-only.
-worker_tmp_dir = "/tmp"  # noqa: S108
+# Workers heartbeat through a file: keep it in memory, which also works on a
+# read-only root file system without any tmpfs mounted.
+worker_tmp_dir = "/dev/shm"  # noqa: S108 - a heartbeat file, not data

@@ -31,6 +31,11 @@ async def test_invalid_payload_is_422_json(client: AsyncClient) -> None:
     assert response.json()["detail"][0]["loc"] == ["body", "name"]
 
 
+async def test_an_id_beyond_the_column_is_422_not_a_database_error(client: AsyncClient) -> None:
+    response = await client.get(f"/api/items/{2**40}")
+    assert response.status_code == 422
+
+
 async def test_missing_item_is_404_json(client: AsyncClient) -> None:
     response = await client.get("/api/items/999999")
     assert response.status_code == 404

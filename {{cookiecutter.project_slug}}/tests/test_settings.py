@@ -25,6 +25,12 @@ def test_provider_database_urls_are_normalised_for_asyncpg(given: str) -> None:
     assert settings.database_url == "postgresql+asyncpg://u:p@db.example.com:5432/app"
 
 
+def test_libpq_options_from_providers_are_translated_for_asyncpg() -> None:
+    given = "postgres://u:p@db.example.com/app?sslmode=require&channel_binding=require"
+    settings = Settings(_env_file=None, database_url=given)
+    assert settings.database_url == "postgresql+asyncpg://u:p@db.example.com/app?ssl=require"
+
+
 @pytest.mark.parametrize("given", ["mysql://u:p@h/db", "not a url", "postgresql://"])
 def test_a_malformed_database_url_is_refused(given: str) -> None:
     with pytest.raises(ValidationError):

@@ -6,13 +6,14 @@ instead of a traceback or workers that crash and respawn forever.
 """
 
 from __future__ import annotations
-
-{% if cookiecutter.server == "gunicorn" -%}
+{% if cookiecutter.server == "gunicorn" %}
 import sys
 
-{% endif -%}
 from {{ cookiecutter.package_name }}.settings import load_settings
-
+{% else %}
+from {{ cookiecutter.package_name }}.logging_config import configure_logging
+from {{ cookiecutter.package_name }}.settings import load_settings
+{% endif %}
 
 def main() -> None:
 {%- if cookiecutter.server == "gunicorn" %}
@@ -25,6 +26,8 @@ def main() -> None:
     run(prog="gunicorn")
 {%- else %}
     settings = load_settings()
+    # JSON logs from the supervising process too, not only from the workers.
+    configure_logging(settings.log_level)
     import uvicorn
 
     uvicorn.run(

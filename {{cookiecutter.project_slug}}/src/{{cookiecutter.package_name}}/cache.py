@@ -14,8 +14,8 @@ def create_redis(settings: Settings) -> Redis:
     # from_url builds a pool but opens no connection until the first command.
     return Redis.from_url(
         settings.redis_url,
-        socket_connect_timeout=settings.health_check_timeout_seconds,
-        socket_timeout=settings.health_check_timeout_seconds * 5,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
         decode_responses=True,
     )
@@ -26,7 +26,7 @@ async def ping(redis: Redis) -> None:
         raise ConnectionError("Redis did not answer PONG")
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis
 

@@ -29,9 +29,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.database_max_overflow,
         # Drop connections the server closed (failover, restart) before use.
         pool_pre_ping=True,
-        # Bound how long a request can wait for a connection to a dead server.
-        pool_timeout=settings.health_check_timeout_seconds * 5,
-        connect_args={"timeout": settings.health_check_timeout_seconds * 5},
+        # Bound how long a request can wait for a connection to a dead server,
+        # and how long a statement may run.
+        pool_timeout=settings.database_pool_timeout_seconds,
+        connect_args={
+            "timeout": settings.database_pool_timeout_seconds,
+            "command_timeout": settings.database_command_timeout_seconds,
+        },
     )
 
 

@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+import socket
+{%- endif %}
 import uuid
 
+{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+{%- else -%}
+from fastapi import FastAPI, status
+{%- endif %}
 {%- if cookiecutter.use_redis %}
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,12 +37,16 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 # Accept a caller's id only if it is short and cannot smuggle log or header syntax.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 
 # Failures that mean "a dependency is unreachable right now": the client should
-# retry later (503), not read them as a bug in the service (500).
+# retry later (503), not read them as a bug in the service (500). Deliberately
+# not OSError as a whole: a missing file in our own code is a bug.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
+    ConnectionError,
+    socket.gaierror,
     TimeoutError,
 {%- if cookiecutter.use_postgres %}
     OperationalError,
@@ -47,13 +58,14 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     RedisTimeoutError,
 {%- endif %}
 )
+{%- endif %}
 
 
 def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER.encode():
             candidate: str = value.decode("latin-1")
-            if _VALID_REQUEST_ID.match(candidate):
+            if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
     return uuid.uuid4().hex
 
@@ -82,26 +94,31 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
+            if response_started:
+                # Too late for a 500: let the server log it and drop the connection.
+                raise
             # Logged once, here, with the id the client sees; the body says nothing
             # about the internals.
             logger.exception("unhandled exception", extra={"path": scope.get("path")})
-            if not response_started:
-                body = json.dumps(
-                    {"detail": "Internal Server Error", "request_id": request_id}
-                ).encode()
-                await send_with_id(
-                    {
-                        "type": "http.response.start",
-                        "status": status.HTTP_500_INTERNAL_SERVER_ERROR,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send_with_id({"type": "http.response.body", "body": body})
+            body = json.dumps(
+                {"detail": "Internal Server Error", "request_id": request_id}
+            ).encode()
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": status.HTTP_500_INTERNAL_SERVER_ERROR,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
             request_id_var.reset(token)
+
+
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 
 
 async def dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -111,8 +128,7 @@ async def dependency_unavailable(request: Request, exc: Exception) -> JSONRespon
         content={"detail": "Service temporarily unavailable", "request_id": request_id_var.get()},
         headers={"Retry-After": "5"},
     )
-
-
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 
 
@@ -126,8 +142,10 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handling(app: FastAPI) -> None:
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
     for error_type in UNAVAILABLE_ERRORS:
         app.add_exception_handler(error_type, dependency_unavailable)
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
     app.add_exception_handler(DBAPIError, database_error)
 {%- endif %}

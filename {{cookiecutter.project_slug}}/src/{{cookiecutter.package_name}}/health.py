@@ -4,6 +4,10 @@
 so an orchestrator restarts only a truly stuck process. ``/health/ready`` checks
 every dependency concurrently, each bounded by a timeout, and answers 503 when
 one fails so a load balancer stops sending traffic without a restart.
+{%- if not (cookiecutter.use_postgres or cookiecutter.use_redis) %}
+This service has no dependency yet: add a probe to check_dependencies() for
+each one you introduce.
+{%- endif %}
 """
 
 from __future__ import annotations
@@ -80,6 +84,12 @@ async def check_dependencies(state: State) -> Readiness:
     checks = dict(zip(probes, results, strict=True))
     healthy = all(result.status == "ok" for result in checks.values())
     return Readiness(status="ok" if healthy else "error", checks=checks)
+
+
+def cancel_readiness_check(state: State) -> None:
+    running: asyncio.Task[Readiness] | None = getattr(state, "readiness_check", None)
+    if running is not None:
+        running.cancel()
 
 
 @router.get(

@@ -14,10 +14,12 @@ SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access"{% if cookiecutter
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
+# uvicorn's color_message repeats the message with terminal escape codes.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import metadata
 
 from fastapi import FastAPI
@@ -30,30 +30,34 @@ logger = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the pools when a worker starts and close them when it stops.
+    """Create the clients when a worker starts and close them when it stops.
+{%- if not (cookiecutter.use_postgres or cookiecutter.use_redis) %}"""{% endif %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 
     Nothing connects here: pools connect lazily, so a worker starts even while
     a dependency is down and /health/ready reports it instead of a crash loop.
+    Each close is registered as soon as its client exists, so a failure half
+    way through still closes what was opened.
     """
+{%- endif %}
     settings: Settings = app.state.settings
+    async with AsyncExitStack() as resources:
 {%- if cookiecutter.use_postgres %}
-    app.state.engine = create_engine(settings)
-    app.state.sessionmaker = async_sessionmaker(app.state.engine, expire_on_commit=False)
+        engine = create_engine(settings)
+        resources.push_async_callback(engine.dispose)
+        app.state.engine = engine
+        app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
-    app.state.redis = create_redis(settings)
+        redis = create_redis(settings)
+        resources.push_async_callback(redis.aclose)
+        app.state.redis = redis
 {%- endif %}
-    logger.info("started", extra={"environment": settings.environment})
-    try:
+        # Registered last, so it runs first: no readiness check outlives the pools.
+        resources.callback(health.cancel_readiness_check, app.state)
+        logger.info("started", extra={"environment": settings.environment})
         yield
-    finally:
-{%- if cookiecutter.use_redis %}
-        await app.state.redis.aclose()
-{%- endif %}
-{%- if cookiecutter.use_postgres %}
-        await app.state.engine.dispose()
-{%- endif %}
-        logger.info("stopped")
+        logger.info("stopping")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,8 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary=distribution["Summary"],
         version=distribution["Version"],
         lifespan=lifespan,
-        # The interactive docs are for developers, not the public internet.
+        # The interactive docs and the schema are for developers, not the internet.
         docs_url=None if settings.environment == "production" else "/docs",
+        openapi_url=None if settings.environment == "production" else "/openapi.json",
         redoc_url=None,
     )
     app.state.settings = settings
@@ -77,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
+            # Lets browser code read the id to quote in a bug report.
+            expose_headers=["X-Request-ID"],
         )
     install_error_handling(app)
     app.include_router(health.router)

@@ -13,10 +13,17 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+{%- if cookiecutter.use_postgres %}
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+{%- endif %}
 
 Environment = Literal["local", "test", "staging", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
+{%- if cookiecutter.use_postgres %}
+LIBPQ_ONLY_OPTIONS = frozenset({"channel_binding", "gssencmode", "target_session_attrs"})
+{% endif %}
 # Values that ship in .env.example; a real deployment must replace them.
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "please-change"})
 
@@ -39,9 +46,15 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+asyncpg://app:app@localhost:5432/app"
     database_pool_size: int = Field(default=5, ge=1)
     database_max_overflow: int = Field(default=5, ge=0)
+    # How long a request may wait to connect or for a pooled connection.
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long one statement may run before asyncpg cancels it.
+    database_command_timeout_seconds: float = Field(default=30.0, gt=0)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     redis_url: str = "redis://localhost:6379/0"
+    # How long one Redis command may take.
+    redis_timeout_seconds: float = Field(default=5.0, gt=0)
 {%- endif %}
     # How long one readiness check may take before it counts as failed.
     health_check_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -73,10 +86,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be a PostgreSQL URL: postgresql+asyncpg://user:password@host:5432/db"
             )
-        host = rest.rpartition("@")[2]
-        if not host.split("/")[0].strip(":"):
+        try:
+            url = make_url(f"postgresql+asyncpg://{rest}")
+        except ArgumentError:
+            raise ValueError("is not a valid URL") from None
+        if not url.host:
             raise ValueError("has no host: postgresql+asyncpg://user:password@host:5432/db")
-        return f"postgresql+asyncpg://{rest}"
+        # Providers hand out libpq options; asyncpg takes sslmode as "ssl" and
+        # would refuse the libpq-only ones at every connection attempt.
+        query = {k: v for k, v in url.query.items() if k not in LIBPQ_ONLY_OPTIONS}
+        if "sslmode" in query:
+            query["ssl"] = query.pop("sslmode")
+        return url.set(query=query).render_as_string(hide_password=False)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -12,6 +13,9 @@ from {{ cookiecutter.package_name }}.db import SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
 router = APIRouter(prefix="/items", tags=["items"])
+
+# The id column is a 32-bit integer: larger values are a 422, not a database error.
+ItemId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 class ItemIn(BaseModel):
@@ -46,19 +50,19 @@ async def create_item(payload: ItemIn, session: SessionDep) -> Item:
 async def list_items(
     session: SessionDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),
 ) -> list[Item]:
     result = await session.scalars(select(Item).order_by(Item.id).limit(limit).offset(offset))
     return list(result)
 
 
 @router.get("/{item_id}", response_model=ItemOut)
-async def get_item(item_id: int, session: SessionDep) -> Item:
+async def get_item(item_id: ItemId, session: SessionDep) -> Item:
     return await _get_or_404(session, item_id)
 
 
 @router.put("/{item_id}", response_model=ItemOut)
-async def update_item(item_id: int, payload: ItemIn, session: SessionDep) -> Item:
+async def update_item(item_id: ItemId, payload: ItemIn, session: SessionDep) -> Item:
     item = await _get_or_404(session, item_id)
     for key, value in payload.model_dump().items():
         setattr(item, key, value)
@@ -68,7 +72,7 @@ async def update_item(item_id: int, payload: ItemIn, session: SessionDep) -> Ite
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_item(item_id: int, session: SessionDep) -> Response:
+async def delete_item(item_id: ItemId, session: SessionDep) -> Response:
     item = await _get_or_404(session, item_id)
     await session.delete(item)
     await session.commit()
