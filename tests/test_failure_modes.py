@@ -46,8 +46,11 @@ def server_command(
     run(["uv", "sync", "--locked", "--no-dev"], project)
     # Only the variables each case sets: no .env to fall back on.
     (project / ".env").unlink()
+    python = str(project / ".venv" / "bin" / "python")
+    # Warm the bytecode cache once, as the image does at build time.
+    run([python, "-c", "import my_service.__main__"], project)
     # The image's CMD, for either server.
-    return project, [str(project / ".venv" / "bin" / "python"), "-m", "my_service"]
+    return project, [python, "-m", "my_service"]
 
 
 @GROUP

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Annotated, Literal
+{%- if cookiecutter.use_postgres %}
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+{%- endif %}
 
 from pydantic import (
     Field,
@@ -13,10 +16,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-{%- if cookiecutter.use_postgres %}
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
-{%- endif %}
 
 Environment = Literal["local", "test", "staging", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -86,18 +85,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be a PostgreSQL URL: postgresql+asyncpg://user:password@host:5432/db"
             )
+        # Parsed with the standard library: importing SQLAlchemy here would slow
+        # down the one-line refusal of a bad environment.
+        url = urlsplit(f"postgresql+asyncpg://{rest}")
         try:
-            url = make_url(f"postgresql+asyncpg://{rest}")
-        except ArgumentError:
+            host = url.hostname
+            _ = url.port  # raises ValueError for a port that is not a number
+        except ValueError:
             raise ValueError("is not a valid URL") from None
-        if not url.host:
+        if not host:
             raise ValueError("has no host: postgresql+asyncpg://user:password@host:5432/db")
         # Providers hand out libpq options; asyncpg takes sslmode as "ssl" and
         # would refuse the libpq-only ones at every connection attempt.
-        query = {k: v for k, v in url.query.items() if k not in LIBPQ_ONLY_OPTIONS}
-        if "sslmode" in query:
-            query["ssl"] = query.pop("sslmode")
-        return url.set(query=query).render_as_string(hide_password=False)
+        query = [(k, v) for k, v in parse_qsl(url.query) if k not in LIBPQ_ONLY_OPTIONS]
+        query = [("ssl" if k == "sslmode" else k, v) for k, v in query]
+        return urlunsplit(url._replace(query=urlencode(query)))
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 
