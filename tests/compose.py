@@ -6,13 +6,14 @@ import json
 import subprocess
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import run
+from tests.helpers import machine_load, run
 
 # Where a test keeps its stacks, so a failure report can show their logs.
 STACKS_KEY = pytest.StashKey[list["ComposeStack"]]()
@@ -30,9 +31,10 @@ class ComposeStack:
     def compose(
         self, *args: str, check: bool = True, timeout: float = 900
     ) -> subprocess.CompletedProcess[str]:
-        return run(
-            ["docker", "compose", *args], self.project, env=self.env, timeout=timeout, check=check
-        )
+        command = ["docker", "compose", *args]
+        heavy = bool({"build", "--build"} & set(args))
+        with machine_load(exclusive=False) if heavy else nullcontext():
+            return run(command, self.project, env=self.env, timeout=timeout, check=check)
 
     def up(self, *services: str, build: bool = False, timeout: int = 300) -> None:
         args = ["up", "--detach", "--wait", "--wait-timeout", str(timeout)]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,23 @@ def run(
             pytrace=False,
         )
     return result
+
+
+@contextmanager
+def machine_load(exclusive: bool) -> Iterator[None]:
+    """Coordinate CPU-heavy work across pytest-xdist workers.
+
+    Image builds hold the lock shared, so they still run side by side; the load
+    test holds it exclusively, so its figures are not measured while another
+    worker compiles an image on the same two cores.
+    """
+    path = Path(tempfile.gettempdir()) / "fastapi-docker-tests.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def docker_usable() -> bool:

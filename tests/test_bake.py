@@ -18,6 +18,7 @@ from tests.helpers import (
     VARIANTS,
     bake,
     context_of,
+    machine_load,
     require_compose_cli,
     require_docker,
     run,
@@ -72,18 +73,19 @@ def run_in_python_image(project: Path, python_version: str, script: str) -> None
     uv = shutil.which("uv")
     assert uv is not None
     image = f"python:{python_version}-slim-trixie"
-    run(["bash", str(TEMPLATE_DIR / ".ci" / "python-standin"), python_version], project)
-    run(
-        [
-            "docker", "run", "--rm",
-            "--volume", f"{project}:/project", "--workdir", "/project",
-            "--volume", f"{uv}:/usr/local/bin/uv:ro",
-            "--env", "UV_PYTHON_DOWNLOADS=never",
-            "--env", "UV_PROJECT_ENVIRONMENT=/tmp/venv",
-            image, "sh", "-ec", script,
-        ],
-        project,
-    )  # fmt: skip
+    with machine_load(exclusive=False):
+        run(["bash", str(TEMPLATE_DIR / ".ci" / "python-standin"), python_version], project)
+        run(
+            [
+                "docker", "run", "--rm",
+                "--volume", f"{project}:/project", "--workdir", "/project",
+                "--volume", f"{uv}:/usr/local/bin/uv:ro",
+                "--env", "UV_PYTHON_DOWNLOADS=never",
+                "--env", "UV_PROJECT_ENVIRONMENT=/tmp/venv",
+                image, "sh", "-ec", script,
+            ],
+            project,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)

@@ -44,6 +44,27 @@ def test_production_refuses_a_placeholder_secret(secret: str) -> None:
         Settings(_env_file=None, environment="production", secret_key=secret)
 
 
+def test_credentials_stay_out_of_the_repr() -> None:
+    settings = Settings(
+        _env_file=None,
+        secret_key="s3cret-key",
+{%- if cookiecutter.use_postgres %}
+        database_url="postgresql://u:pg-password@h/db",
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+        redis_url="redis://:redis-password@h:6379/0",
+{%- endif %}
+    )
+    text = repr(settings)
+    assert "s3cret-key" not in text
+{%- if cookiecutter.use_postgres %}
+    assert "pg-password" not in text
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    assert "redis-password" not in text
+{%- endif %}
+
+
 def test_local_accepts_an_empty_secret() -> None:
     assert Settings(_env_file=None, environment="local").environment == "local"
 

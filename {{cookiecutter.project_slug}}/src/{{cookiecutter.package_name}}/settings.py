@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
 {%- if cookiecutter.use_postgres %}
     # asyncpg DSN; providers' postgres:// and postgresql:// forms are normalised.
-    database_url: str = "postgresql+asyncpg://app:app@localhost:5432/app"
+    # repr=False: the URL carries a password; keep it out of logs and tracebacks.
+    database_url: str = Field(default="postgresql+asyncpg://app:app@localhost:5432/app", repr=False)
     database_pool_size: int = Field(default=5, ge=1)
     database_max_overflow: int = Field(default=5, ge=0)
     # How long a request may wait to connect or for a pooled connection.
@@ -51,7 +52,7 @@ class Settings(BaseSettings):
     database_command_timeout_seconds: float = Field(default=30.0, gt=0)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     # How long one Redis command may take.
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 {%- endif %}
