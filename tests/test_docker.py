@@ -60,10 +60,17 @@ def check_stack_started_in_order(stack: ComposeStack, context: dict[str, Any]) -
 
 
 def check_manual_migration_commands(stack: ComposeStack) -> None:
-    """The README's by-hand commands work against the running stack."""
-    current = stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", "current")
-    assert "0001 (head)" in current.stdout + current.stderr
-    stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", "upgrade", "head")
+    """The README's by-hand migration commands work against the running stack."""
+
+    def alembic(*args: str) -> str:
+        result = stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", *args)
+        return result.stdout + result.stderr
+
+    assert "0001 (head)" in alembic("current")
+    alembic("downgrade", "-1")
+    assert "0001" not in alembic("current")
+    alembic("upgrade", "+1")
+    assert "0001 (head)" in alembic("current")
 
 
 def check_health_endpoints(stack: ComposeStack, context: dict[str, Any]) -> None:
