@@ -73,6 +73,16 @@ def check_manual_migration_commands(stack: ComposeStack) -> None:
     assert "0001 (head)" in alembic("current")
 
 
+def check_app_logs_are_json_lines(stack: ComposeStack) -> None:
+    """Every line the app container writes (server and app alike) is one JSON object."""
+    logs = stack.compose("logs", "--no-color", "--no-log-prefix", "app").stdout
+    lines = [line for line in logs.splitlines() if line.strip()]
+    assert lines, "the app logged nothing"
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    assert any(json.loads(line).get("request_id") for line in lines), "no access log line"
+
+
 def check_health_endpoints(stack: ComposeStack, context: dict[str, Any]) -> None:
     assert stack.get("/health/live").status_code == 200
     ready = stack.get("/health/ready")
@@ -177,6 +187,7 @@ def test_compose_stack_end_to_end(
         check_manual_migration_commands(stack)
         check_item_survives_app_restart(stack)
     check_non_root_and_image_healthcheck(stack)
+    check_app_logs_are_json_lines(stack)
     record_property("figure", f"{variant}: {check_runtime_image_is_lean(stack, context)}")
     record_property("figure", f"{variant}: {check_code_change_reuses_dependency_layer(stack)}")
 

@@ -20,10 +20,30 @@ graceful_timeout = 25
 timeout = 60
 keepalive = 5
 
-# Access and error logs to stdout/stderr: the container runtime collects them.
+# Access and error logs to stdout, as JSON lines like the app's own (the
+# workers route uvicorn's access log, with request ids, to the same handler).
 accesslog = "-"
-errorlog = "-"
 loglevel = _settings.log_level.lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "{{ cookiecutter.package_name }}.logging_config.JsonFormatter"}},
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json",
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": _settings.log_level},
+    "loggers": {
+        "gunicorn.error": {"handlers": [], "propagate": True},
+        "gunicorn.access": {"handlers": [], "propagate": True},
+    },
+}
+# The gunicornc control socket wants a writable $HOME; the container has none,
+# and the orchestrator, not a shell in the container, manages the process.
+control_socket_disable = True
 # Workers heartbeat through a file: keep it in memory, which also works on a
 # read-only root file system without any tmpfs mounted.
 worker_tmp_dir = "/dev/shm"  # noqa: S108 - a heartbeat file, not data
