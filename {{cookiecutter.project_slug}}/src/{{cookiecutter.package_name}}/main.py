@@ -1,4 +1,4 @@
-"""The application factory and the lifespan that owns every connection pool."""
+"""The application factory and its lifespan{% if cookiecutter.use_postgres or cookiecutter.use_redis %}, which owns every connection pool{% endif %}."""
 
 from __future__ import annotations
 
