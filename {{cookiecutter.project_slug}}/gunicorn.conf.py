@@ -18,7 +18,7 @@ forwarded_allow_ips = _settings.forwarded_allow_ips
 graceful_timeout = 25
 # A worker silent for this long is killed and replaced.
 timeout = 60
-keepalive = 5
+keepalive = _settings.keepalive_seconds
 
 # Access and error logs to stdout, as JSON lines like the app's own (the
 # workers route uvicorn's access log, with request ids, to the same handler).

@@ -38,6 +38,7 @@ def main() -> None:
         workers=settings.web_concurrency,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         proxy_headers=True,
+        timeout_keep_alive=settings.keepalive_seconds,
         # In-flight requests get 25 s after SIGTERM; compose.yaml's
         # stop_grace_period is a little longer, so Docker never cuts them short.
         timeout_graceful_shutdown=25,

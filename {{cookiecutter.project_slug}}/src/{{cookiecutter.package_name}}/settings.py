@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=2, ge=1)
     # Proxies whose X-Forwarded-* headers are trusted; "*" only behind a trusted load balancer.
     forwarded_allow_ips: str = "127.0.0.1"
+    # Idle keep-alive connections are closed after this long. Behind a load
+    # balancer, set it above the balancer's idle timeout (AWS ALB: 60 s).
+    keepalive_seconds: int = Field(default=5, ge=1)
 
     @field_validator("log_level", mode="before")
     @classmethod
