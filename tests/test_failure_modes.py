@@ -221,10 +221,9 @@ def test_concurrent_migrate_jobs_apply_the_schema_once(stack: ComposeStack) -> N
         f"DATABASE_URL={url}",
         "migrate",
     ]
-    env = {**stack.env}
     jobs = [
         subprocess.Popen(
-            command, cwd=stack.project, env={**os.environ, **env},
+            command, cwd=stack.project, env={**os.environ, **stack.env},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for _ in range(2)
