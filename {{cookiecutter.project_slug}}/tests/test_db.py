@@ -1,29 +1,226 @@
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
 import pytest
 {%- if cookiecutter.include_example_api %}
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 {%- endif %}
-from fastapi import FastAPI, Request
-from httpx import AsyncClient
-from sqlalchemy import text
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 
-from {{ cookiecutter.package_name }}.db import get_session
+from {{ cookiecutter.package_name }}.db import SessionDep, create_engine, is_unavailable
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
 
 
-async def test_get_session_rolls_back_when_the_handler_raises(
+async def terminate_app_connections(settings: Settings) -> int:
+    """What a database restart does to the pool: every app session ends server-side."""
+    url = settings.database_sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(url)
+    try:
+        ended: list[asyncpg.Record] = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        )
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # let the event loop see the closed sockets
+    return len(ended)
+
+
+async def test_work_a_failed_request_did_not_commit_is_not_kept(
     app: FastAPI, client: AsyncClient
 ) -> None:
-    sessions = get_session(Request({"type": "http", "app": app}))
-    session = await anext(sessions)
-    # DDL is transactional in PostgreSQL: the table exists only if committed.
-    await session.execute(text("CREATE TABLE rollback_probe (n int)"))
-    with pytest.raises(RuntimeError):
-        await sessions.athrow(RuntimeError("the handler failed"))
+    @app.post("/half-done")
+    async def half_done(session: SessionDep) -> None:
+        # DDL is transactional in PostgreSQL: the table exists only if committed.
+        await session.execute(text("CREATE TABLE half_done (n int)"))
+        raise RuntimeError("the handler failed after writing")
+
+    assert (await client.post("/half-done")).status_code == 500
     async with app.state.engine.connect() as connection:
-        found = await connection.execute(text("SELECT to_regclass('rollback_probe')"))
+        found = await connection.execute(text("SELECT to_regclass('half_done')"))
         assert found.scalar_one() is None
+
+
+async def test_the_session_is_released_before_the_response_is_sent(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    seen: list[int] = []
+
+    @app.get("/streamed")
+    async def streamed(session: SessionDep) -> StreamingResponse:
+        await session.execute(text("SELECT 1"))
+
+        async def body() -> AsyncIterator[bytes]:
+            # A slow client reads this while the pool could already serve others.
+            seen.append(app.state.engine.pool.checkedout())
+            yield b"done"
+
+        return StreamingResponse(body())
+
+    response = await client.get("/streamed")
+    assert response.text == "done"
+    assert seen == [0], "the request's connection was still checked out while streaming"
+
+
+async def test_a_dead_connection_at_teardown_does_not_change_the_response(
+    app: FastAPI, client: AsyncClient, settings: Settings
+) -> None:
+    @app.get("/dies-after")
+    async def dies_after(session: SessionDep) -> dict[str, str]:
+        await session.execute(text("SELECT 1"))  # opens a transaction to roll back later
+        await terminate_app_connections(settings)
+        return {"answer": "chosen before the connection died"}
+
+    response = await client.get("/dies-after")
+    assert response.status_code == 200
+    assert response.json() == {"answer": "chosen before the connection died"}
+
+
+async def test_requests_after_a_database_restart_succeed_without_an_app_restart(
+    app: FastAPI, client: AsyncClient, settings: Settings
+) -> None:
+    @app.get("/now")
+    async def now(session: SessionDep) -> dict[str, str]:
+        return {"now": str((await session.execute(text("SELECT now()"))).scalar_one())}
+
+    @app.post("/now")
+    async def write_now(session: SessionDep) -> dict[str, str]:
+        return {"now": str((await session.execute(text("SELECT now()"))).scalar_one())}
+
+    # Fill the pool, then end every session as a restart would.
+    responses = await asyncio.gather(*(client.get("/now") for _ in range(4)))
+    assert {r.status_code for r in responses} == {200}
+    assert await terminate_app_connections(settings) >= 1
+    assert (await client.get("/now")).status_code == 200
+    assert (await client.post("/now")).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "expected"), [("GET", [200]), ("POST", [503])])
+async def test_only_reads_are_retried_after_a_stale_connection(
+    app: FastAPI, client: AsyncClient, method: str, expected: list[int]
+) -> None:
+    calls: list[str] = []
+
+    async def flaky() -> dict[str, int]:
+        calls.append(method)
+        if len(calls) == 1:
+            # What SQLAlchemy raises when a pooled connection turns out to be closed.
+            raise DBAPIError("SELECT 1", None, ConnectionResetError(), connection_invalidated=True)
+        return {"calls": len(calls)}
+
+    app.add_api_route("/flaky", flaky, methods=[method])
+    response = await client.request(method, "/flaky")
+    assert [response.status_code] == expected
+    assert len(calls) == (2 if method == "GET" else 1)
+    if method == "POST":
+        assert response.headers["retry-after"] == "5"
+
+
+def database_down(settings: Settings, **changes: str) -> Settings:
+    url = make_url(settings.database_sqlalchemy_url).set(**changes)  # type: ignore[arg-type]
+    return settings.model_copy(
+        update={
+            "database_url": url.render_as_string(hide_password=False),
+            "database_pool_timeout_seconds": 2.0,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "changes"),
+    [
+        ("refused", {"host": "127.0.0.1", "port": 1}),
+        ("no such host", {"host": "db.invalid"}),
+        ("wrong password", {"password": "not-the-password"}),
+        ("no such database", {"database": "no_such_database"}),
+    ],
+)
+async def test_an_unreachable_database_is_a_503_with_retry_after(
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    changes: dict[str, str],
+) -> None:
+    app = create_app(database_down(settings, **changes))
+    # create_app routes logging to stdout; keep pytest's capture listening too.
+    logging.getLogger().addHandler(caplog.handler)
+
+    @app.get("/reads")
+    async def reads(session: SessionDep) -> None:
+        await session.execute(text("SELECT 1"))
+
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            with caplog.at_level(logging.DEBUG):
+                responses = [await http.get("/reads") for _ in range(3)]
+    assert [r.status_code for r in responses] == [503] * 3, case
+    assert responses[0].headers["retry-after"] == "5"
+    assert responses[0].json()["request_id"] == responses[0].headers["x-request-id"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    if case == "wrong password":
+        # A misconfiguration: the operator hears about it once, not once per request.
+        assert len(errors) == 1, errors
+    else:
+        assert errors == [], "an outage is not a bug"
+
+
+async def test_a_full_pool_is_a_503(settings: Settings, client: AsyncClient, app: FastAPI) -> None:
+    @app.get("/reads")
+    async def reads(session: SessionDep) -> None:
+        await session.execute(text("SELECT 1"))
+
+    engine = app.state.engine
+    held = [await engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]
+    try:
+        engine.pool._timeout = 0.2  # as if DATABASE_POOL_TIMEOUT_SECONDS were short
+        response = await client.get("/reads")
+    finally:
+        for connection in held:
+            await connection.close()
+    assert response.status_code == 503
+
+
+async def test_a_timeout_inside_the_driver_is_an_outage_but_ours_is_a_bug(
+    settings: Settings,
+) -> None:
+    url = settings.database_sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(url)
+    try:
+        # A server that stops answering looks like this to the client: no reply in time.
+        with pytest.raises(TimeoutError) as from_driver:
+            await connection.fetch("SELECT pg_sleep(1)", timeout=0.05)
+    finally:
+        connection.terminate()
+    with pytest.raises(TimeoutError) as from_us:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+    assert is_unavailable(from_driver.value)
+    assert not is_unavailable(from_us.value)
+
+
+async def test_a_slow_query_is_a_bug_not_an_outage(settings: Settings) -> None:
+    engine = create_engine(settings.model_copy(update={"database_statement_timeout_seconds": 0.2}))
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as caught:
+                await connection.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        await engine.dispose()
+    # The server cancelled it (query_canceled): the database is fine, the query is not.
+    assert not is_unavailable(caught.value)
 {%- if cookiecutter.include_example_api %}
 
 
@@ -34,4 +231,10 @@ async def test_the_test_database_is_migrated_to_head(app: FastAPI, client: Async
         current = set(result.scalars())
     assert heads
     assert current == heads
+
+
+def test_models_and_migrations_do_not_drift(database_url: str) -> None:
+    # `alembic check` fails when autogenerate would write a new revision: a model was
+    # changed without a migration, or a migration without the model.
+    command.check(Config("alembic.ini"))
 {%- endif %}

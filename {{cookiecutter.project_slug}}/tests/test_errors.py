@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient
-{%- if cookiecutter.use_postgres %}
-from sqlalchemy.exc import DBAPIError
-{%- endif %}
+from httpx import ASGITransport, AsyncClient
+from starlette.types import Message, Receive, Scope, Send
 
+from {{ cookiecutter.package_name }}.errors import ErrorMiddleware
 from {{ cookiecutter.package_name }}.logging_config import JsonFormatter, request_id_var
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.request_id import RequestIdMiddleware
+from {{ cookiecutter.package_name }}.settings import Settings
+
+PROBLEM = "application/problem+json"
 
 
 async def test_every_response_carries_a_request_id(client: AsyncClient) -> None:
@@ -28,14 +33,65 @@ async def test_an_unsafe_incoming_request_id_is_replaced(client: AsyncClient) ->
     assert response.headers["x-request-id"] != "a b\tc"
 
 
-async def test_unknown_route_is_404_json(client: AsyncClient) -> None:
-    response = await client.get("/no/such/route")
+async def test_unknown_route_is_a_404_problem(client: AsyncClient) -> None:
+    response = await client.get("/no/such/route", headers={"X-Request-ID": "req-404"})
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not Found"}
-    assert "x-request-id" in response.headers
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "request_id": "req-404",
+    }
 
 
-async def test_unhandled_exception_is_500_json_without_trace(
+async def test_405_lists_every_allowed_method(client: AsyncClient) -> None:
+    response = await client.post("/health/live")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM
+    assert set(response.headers["allow"].split(", ")) == {"GET"}
+
+
+async def test_a_body_over_the_limit_is_413_before_it_is_read(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"max_request_body_bytes": 10}))
+    read: list[bytes] = []
+
+    @app.post("/echo")
+    async def echo(body: dict[str, str]) -> dict[str, str]:
+        read.append(json.dumps(body).encode())
+        return body
+
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            declared = await http.post("/echo", json={"far": "too long for ten bytes"})
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b'{"far": '
+                yield b'"too long"}'
+
+            streamed = await http.post("/echo", content=chunks())
+            small = await http.post("/echo", json={})
+    assert declared.status_code == 413
+    assert declared.headers["content-type"] == PROBLEM
+    assert streamed.status_code == 413, "a chunked body is counted as it arrives"
+    assert small.status_code == 200
+    assert read == [b"{}"]
+
+
+async def test_an_undecodable_body_is_a_400_problem(client: AsyncClient, app: FastAPI) -> None:
+    @app.post("/takes-json")
+    async def takes_json(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    response = await client.post(
+        "/takes-json", content=b'{"a": "\xff"}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code in {400, 422}
+    assert response.headers["content-type"] == PROBLEM
+
+
+async def test_unhandled_exception_is_a_500_problem_logged_once(
     app: FastAPI, client: AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     @app.get("/boom")
@@ -45,12 +101,36 @@ async def test_unhandled_exception_is_500_json_without_trace(
     with caplog.at_level(logging.ERROR):
         response = await client.get("/boom", headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500
-    assert response.json() == {"detail": "Internal Server Error", "request_id": "req-500"}
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "request_id": "req-500",
+    }
     assert "secret internals" not in response.text
     assert response.headers["x-request-id"] == "req-500"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, "the trace is logged exactly once"
     assert errors[0].exc_info is not None
+
+
+async def test_a_500_carries_cors_headers_so_the_browser_can_read_its_id(
+    settings: Settings,
+) -> None:
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://ui.example"]}))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("bug")
+
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.get("/boom", headers={"Origin": "https://ui.example"})
+    assert response.status_code == 500
+    assert response.headers["access-control-allow-origin"] == "https://ui.example"
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
 
 
 def test_log_lines_are_json_with_the_request_id() -> None:
@@ -63,20 +143,68 @@ def test_log_lines_are_json_with_the_request_id() -> None:
     assert line["message"] == "hello you"
     assert line["request_id"] == "req-log"
     assert line["level"] == "INFO"
-{%- if cookiecutter.use_postgres %}
 
 
-@pytest.mark.parametrize(("invalidated", "expected"), [(True, 503), (False, 500)])
-async def test_database_errors_are_503_only_when_the_connection_dropped(
-    app: FastAPI, client: AsyncClient, invalidated: bool, expected: int
+# --- the middleware alone, around tiny ASGI apps: no services needed -----------------------
+
+
+async def call(app: RequestIdMiddleware, scope_type: str = "http") -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {"type": scope_type, "method": "GET", "path": "/", "headers": []}
+    await app(scope, receive, send)
+    return sent
+
+
+def stack(inner: object) -> RequestIdMiddleware:
+    return RequestIdMiddleware(ErrorMiddleware(inner))  # type: ignore[arg-type]
+
+
+async def test_raising_before_the_response_gives_a_500_with_the_id() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise ValueError("before")
+
+    start, body = await call(stack(app))
+    headers = dict(start["headers"])
+    assert start["status"] == 500
+    assert json.loads(body["body"])["request_id"] == headers[b"x-request-id"].decode()
+
+
+async def test_raising_after_the_response_started_is_logged_with_the_id(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    @app.get("/db-error")
-    async def db_error() -> None:
-        raise DBAPIError(
-            "SELECT 1", None, ConnectionResetError("gone"), connection_invalidated=invalidated
-        )
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError("mid-stream")
 
-    response = await client.get("/db-error")
-    assert response.status_code == expected
-    assert response.json()["request_id"] == response.headers["x-request-id"]
-{%- endif %}
+    ids: list[str | None] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            ids.append(request_id_var.get())
+
+    handler = Capture(level=logging.ERROR)
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match="mid-stream"):
+            await call(stack(app))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert len(ids) == 1 and ids[0], "logged once, with the request id, before re-raising"
+
+
+async def test_other_scopes_pass_through_untouched() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    assert await call(stack(app), scope_type="lifespan") == []
+    assert seen == ["lifespan"]
+    assert request_id_var.get() is None

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
-from httpx import {% if cookiecutter.use_postgres or cookiecutter.use_redis %}ASGITransport, {% endif %}AsyncClient
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+import asyncio
+import contextlib
 
+import pytest
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from starlette.datastructures import State
+
+from {{ cookiecutter.package_name }} import health
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- endif %}
@@ -57,5 +64,62 @@ async def test_ready_is_503_naming_the_unreachable_dependency(settings: Settings
     assert body["status"] == "error"
     assert set(body["checks"]) == EXPECTED_CHECKS
     assert all(check["status"] != "ok" for check in body["checks"].values())
+    # Anonymous probes learn that a check failed, not which driver raised what.
+    assert all(check["detail"] == "unreachable" for check in body["checks"].values())
     assert live.status_code == 200
+{%- endif %}
+
+
+async def test_concurrent_readiness_probes_share_one_check(
+    app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    original = health.check_dependencies
+
+    async def slow_check(state: State) -> health.Readiness:
+        runs.append(1)
+        await asyncio.sleep(0.2)
+        return await original(state)
+
+    monkeypatch.setattr(health, "check_dependencies", slow_check)
+    responses = await asyncio.gather(*(client.get("/health/ready") for _ in range(10)))
+    assert {r.status_code for r in responses} == {200}
+    assert len(runs) == 1, "a burst of probes costs the dependencies one check"
+
+
+async def test_shutdown_waits_for_a_running_readiness_check(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = asyncio.Event()
+
+    async def hanging_check(state: State) -> health.Readiness:
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(health, "check_dependencies", hanging_check)
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            probe = asyncio.create_task(http.get("/health/ready"))
+            await started.wait()
+            check = app.state.readiness_check
+    assert check.done(), "the check outlived the lifespan (and the pools it uses)"
+    probe.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await probe
+{%- if cookiecutter.use_postgres %}
+
+
+async def test_a_saturated_request_pool_is_busy_not_unready(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    engine = app.state.engine
+    held = [await engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]
+    try:
+        response = await client.get("/health/ready")
+    finally:
+        for connection in held:
+            await connection.close()
+    assert response.status_code == 200, response.text
 {%- endif %}

@@ -1,4 +1,5 @@
-"""Redis: the client (and its connection pool) and its per-request dependency."""
+"""Redis: the client (and its connection pool), its per-request dependency, and what
+a client failure means for the caller."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
 
+from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
@@ -32,3 +35,19 @@ async def get_redis(request: Request) -> Redis:
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+def is_unavailable(error: BaseException) -> bool:
+    # redis-py wraps every socket failure (refused, reset, DNS, timeout) in its own
+    # ConnectionError or TimeoutError; LOADING (BusyLoadingError) and bad credentials
+    # (AuthenticationError) are ConnectionErrors too. Other RedisErrors are bugs.
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+def is_authentication_failure(error: BaseException) -> bool:
+    return isinstance(error, AuthenticationError)
+
+
+FAILURES = Dependency(
+    name="redis", unavailable=is_unavailable, misconfigured=is_authentication_failure
+)

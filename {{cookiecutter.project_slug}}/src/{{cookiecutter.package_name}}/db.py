@@ -1,12 +1,17 @@
-"""PostgreSQL: the async engine, its lifecycle and the per-request session."""
+"""PostgreSQL: the async engine, its lifecycle, the per-request session, and what a
+driver failure means for the client (dependency unavailable, or a bug)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from typing import Annotated
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,29 +19,77 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry
 
+from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# A server that has not answered this long after its own statement_timeout should have
+# cancelled the statement is hung or gone: the client gives up and reports it unavailable.
+CLIENT_TIMEOUT_GRACE_SECONDS = 2.0
+
+# SQLSTATE classes and codes that mean "the database cannot serve right now", from the
+# PostgreSQL error code appendix: connection exceptions (08), insufficient resources
+# (53: too many connections, out of memory or disk), and the operator interventions that
+# end or refuse sessions (admin/crash shutdown, cannot connect now). 57014
+# (query_canceled, e.g. statement_timeout) is deliberately absent: a slow query is a bug.
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+# invalid_authorization_specification (28000), invalid_password (28P01) and
+# invalid_catalog_name (3D000, no such database): a misconfiguration, which is a 503 for
+# the client and an ERROR for the operator.
+MISCONFIGURATION_SQLSTATE_PREFIXES = ("28", "3D000")
 
 
 class Base(DeclarativeBase):
     """Base class of every ORM model; Alembic reads its metadata."""
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-        # Drop connections the server closed (failover, restart) before use.
-        pool_pre_ping=True,
-        # Bound how long a request can wait for a connection to a dead server,
-        # and how long a statement may run.
-        pool_timeout=settings.database_pool_timeout_seconds,
-        connect_args={
-            "timeout": settings.database_pool_timeout_seconds,
-            "command_timeout": settings.database_command_timeout_seconds,
+def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
+    connect_args: dict[str, Any] = {
+        "timeout": settings.database_pool_timeout_seconds,
+        # The server cancels a slow statement itself (a clean error, the connection
+        # stays usable); the client-side limit only catches a server that stopped answering.
+        "command_timeout": settings.database_statement_timeout_seconds
+        + CLIENT_TIMEOUT_GRACE_SECONDS,
+        "server_settings": {
+            "statement_timeout": str(round(settings.database_statement_timeout_seconds * 1000)),
+            **settings.database_server_settings,
         },
-    )
+    }
+    if not settings.database_statement_cache:
+        # PgBouncer in transaction mode hands each transaction to any server connection,
+        # where a statement prepared on another one does not exist.
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_cache_size"] = 0
+    options: dict[str, Any] = {
+        "pool_size": settings.database_pool_size,
+        "max_overflow": settings.database_max_overflow,
+        "pool_timeout": settings.database_pool_timeout_seconds,
+        # No pool_pre_ping: it costs a round trip (three with asyncpg) on every checkout.
+        # Dead connections are caught without one: see _discard_closed_connections, and the
+        # one retry of idempotent reads in errors.py for the rare race that remains.
+        "connect_args": connect_args,
+    }
+    options.update(overrides)
+    engine = create_async_engine(settings.database_sqlalchemy_url, **options)
+    event.listen(engine.sync_engine, "checkout", _discard_closed_connections)
+    return engine
+
+
+def _discard_closed_connections(
+    dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
+) -> None:
+    """Refuse a pooled connection whose socket the server already closed.
+
+    A restarting or failing-over server closes its sessions; asyncpg notices the closed
+    socket in the event loop as soon as it happens, so this costs no round trip. Raising
+    DisconnectionError makes the pool discard the connection and hand out another.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 async def ping(engine: AsyncEngine) -> None:
@@ -44,15 +97,104 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-async def get_session(request: Request) -> AsyncGenerator[AsyncSession]:
-    """One session per request; rolled back if the handler raises."""
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, closed as soon as the endpoint returns.
+
+    Uncommitted work is rolled back by the close. A close that fails because the server
+    dropped the connection must not turn the response already chosen into an error: it is
+    logged, and the connection is invalidated instead of returned to the pool.
+    """
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
+    session = sessionmaker()
+    try:
+        yield session
+    finally:
+        await close_quietly(session)
+
+
+async def close_quietly(session: AsyncSession) -> None:
+    try:
+        await session.close()
+    except Exception as error:
+        if is_unavailable(error):
+            logger.debug("session closed on a dead connection", exc_info=True)
+        else:
+            logger.exception("closing the database session failed")
         try:
-            yield session
+            await session.invalidate()
         except Exception:
-            await session.rollback()
-            raise
+            logger.debug("invalidating the session failed too", exc_info=True)
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": closed when the endpoint returns, not after the response is sent,
+# so a slow client or a long body never holds a pooled connection idle in transaction.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def _raised_by_driver(error: BaseException) -> bool:
+    """Whether a bare OS-level error came out of the driver (connect, socket read).
+
+    asyncpg raises refused connections, DNS failures and its client-side timeouts as the
+    builtin OSError/TimeoutError, unwrapped; the same types from the service's own code
+    (a file, a timeout of its own) are bugs, so the frames they passed through decide.
+    """
+    frame = error.__traceback__
+    while frame is not None:
+        module = frame.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("asyncpg.", "sqlalchemy.")):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and what caused it: SQLAlchemy wraps the driver's exception."""
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in found:
+        found.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return found
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when the database, not this service, is why the request failed."""
+    for cause in _chain(error):
+        if isinstance(cause, PoolTimeoutError):
+            return True  # every pooled connection busy, or the server not accepting more
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return True  # SQLAlchemy saw the connection drop under a statement
+        if isinstance(cause, asyncpg.PostgresError):
+            sqlstate = cause.sqlstate or ""
+            prefixes = (*UNAVAILABLE_SQLSTATE_CLASSES, *MISCONFIGURATION_SQLSTATE_PREFIXES)
+            if sqlstate.startswith(prefixes) or sqlstate in UNAVAILABLE_SQLSTATES:
+                return True
+        if isinstance(cause, OSError) and _raised_by_driver(cause):
+            return True  # refused, reset, DNS failure, connect or command timeout
+    return False
+
+
+def is_misconfigured(error: BaseException) -> bool:
+    return any(
+        isinstance(cause, asyncpg.PostgresError)
+        and (cause.sqlstate or "").startswith(MISCONFIGURATION_SQLSTATE_PREFIXES)
+        for cause in _chain(error)
+    )
+
+
+def is_stale_connection(error: BaseException) -> bool:
+    """A pooled connection the server closed between checkout and first use.
+
+    Retrying on a fresh connection is safe for an idempotent read: the statement never
+    reached a live server session.
+    """
+    return any(isinstance(c, DBAPIError) and c.connection_invalidated for c in _chain(error))
+
+
+FAILURES = Dependency(
+    name="database",
+    unavailable=is_unavailable,
+    misconfigured=is_misconfigured,
+    stale_connection=is_stale_connection,
+)

@@ -1,152 +1,277 @@
-"""Request ids and error responses: every answer is JSON and carries X-Request-ID.
+"""Error responses: one shape for every error, and what a failure means for the client.
 
-The request-id middleware is plain ASGI (not BaseHTTPMiddleware) so it adds no
-task hop per request and sees exceptions before Starlette's server-error
-middleware, which would log them a second time and re-raise.
+Every error is an RFC 9457 problem (``application/problem+json``) carrying the request
+id: HTTP errors raised by routes, validation errors, a body too large, a method not
+allowed, a dependency that is down (503 + Retry-After) and a bug (500). The shape is
+documented once in OpenAPI as ``Problem`` and referenced by every operation for the
+statuses it can return.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
-import socket
-{%- endif %}
-import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, cast
 
-{% if cookiecutter.use_postgres or cookiecutter.use_redis -%}
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-{%- else -%}
-from fastapi import FastAPI, status
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-{%- endif %}
-{%- if cookiecutter.use_postgres %}
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-{%- endif %}
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.logging_config import request_id_var
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-# Accept a caller's id only if it is short and cannot smuggle log or header syntax.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
-
-# Failures that mean "a dependency is unreachable right now": the client should
-# retry later (503), not read them as a bug in the service (500). Deliberately
-# not OSError as a whole: a missing file in our own code is a bug.
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    ConnectionError,
-    socket.gaierror,
-    TimeoutError,
-{%- if cookiecutter.use_postgres %}
-    OperationalError,
-    InterfaceError,
-    PoolTimeoutError,
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    RedisConnectionError,
-    RedisTimeoutError,
-{%- endif %}
-)
-{%- endif %}
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# How long a client should wait before retrying after a dependency failure.
+RETRY_AFTER_SECONDS = 5
+# Reads that may run twice: they change nothing (RFC 9110 safe methods with a body-free
+# request), so a retry after a stale connection is invisible to the client.
+RETRYABLE_METHODS = frozenset({"GET", "HEAD"})
+# The methods an Allow header can list (CONNECT and TRACE are never routed).
+CANDIDATE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def _incoming_request_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == REQUEST_ID_HEADER.encode():
-            candidate: str = value.decode("latin-1")
-            if _VALID_REQUEST_ID.fullmatch(candidate):
-                return candidate
-    return uuid.uuid4().hex
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where the bad value is: body, query, path")
+    message: str = Field(description="What is wrong, in words a client can show")
+    type: str = Field(description="A stable machine-readable error code")
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str = Field(default="about:blank", description="A URI identifying the problem type")
+    title: str = Field(description="The HTTP status phrase")
+    status: int = Field(description="The HTTP status code")
+    detail: str | None = Field(default=None, description="What went wrong with this request")
+    request_id: str | None = Field(
+        default=None, description="Quote it in a bug report: the logs carry the same id"
+    )
+    errors: list[FieldError] | None = Field(
+        default=None, description="Each invalid field (422 only)"
+    )
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem_response(
+    status: int,
+    detail: str | None = None,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    problem = Problem(
+        title=HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        request_id=request_id_var.get(),
+        errors=errors,
+    )
+    return ProblemResponse(problem.model_dump(exclude_none=True), status, headers=headers)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route can answer with."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}},
+        }
+        for status in statuses
+    }
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """How to read a backing service's exceptions (see db.py and cache.py)."""
+
+    name: str
+    # The service cannot serve right now: the client should retry later (503).
+    unavailable: Callable[[BaseException], bool]
+    # Wrong credentials: a 503 for the client, an ERROR for the operator (logged once).
+    misconfigured: Callable[[BaseException], bool] = lambda _: False
+    # A pooled connection found dead on first use: an idempotent read may run again.
+    stale_connection: Callable[[BaseException], bool] = lambda _: False
+    # Kinds of failure already logged at ERROR, so they are not repeated per request.
+    reported: set[str] = field(default_factory=set, init=False, compare=False, repr=False)
+
+
+class ErrorMiddleware:
+    """Turns an exception that escaped the routes into a problem response.
+
+    Plain ASGI, inside the request-id middleware, so the id is in every log line and
+    body, and outside Starlette's exception middleware, so an exception is logged once,
+    here, instead of once more by the server's error middleware.
+    """
+
+    def __init__(self, app: ASGIApp, dependencies: Sequence[Dependency] = ()) -> None:
         self.app = app
+        self.dependencies = tuple(dependencies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope)
-        token = request_id_var.set(request_id)
         response_started = False
+        recorded: list[Message] = []
+        retryable = scope["method"] in RETRYABLE_METHODS
 
-        async def send_with_id(message: Message) -> None:
+        async def recording_receive() -> Message:
+            message = await receive()
+            recorded.append(message)
+            return message
+
+        async def tracking_send(message: Message) -> None:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
-                message["headers"] = headers
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
+            await self.app(scope, recording_receive if retryable else receive, tracking_send)
+            return
+        except Exception as error:
             if response_started:
-                # Too late for a 500: let the server log it and drop the connection.
+                # Too late for an error response; the server drops the connection. Logged
+                # here first so the trace carries the request id the client saw.
+                logger.exception("exception after the response started")
                 raise
-            # Logged once, here, with the id the client sees; the body says nothing
-            # about the internals.
-            logger.exception("unhandled exception", extra={"path": scope.get("path")})
-            body = json.dumps(
-                {"detail": "Internal Server Error", "request_id": request_id}
-            ).encode()
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": status.HTTP_500_INTERNAL_SERVER_ERROR,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send_with_id({"type": "http.response.body", "body": body})
-        finally:
-            request_id_var.reset(token)
+            failure = error
+        if retryable and self._stale(failure):
+            logger.info("retrying a read after a stale database connection")
+            try:
+                await self.app(scope, _replaying(recorded, receive), tracking_send)
+                return
+            except Exception as error:
+                if response_started:
+                    logger.exception("exception after the response started")
+                    raise
+                failure = error
+        await self._respond(failure)(scope, receive, send)
+
+    def _stale(self, error: BaseException) -> bool:
+        return any(dependency.stale_connection(error) for dependency in self.dependencies)
+
+    def _respond(self, error: Exception) -> ProblemResponse:
+        for dependency in self.dependencies:
+            if dependency.unavailable(error):
+                self._log_unavailable(dependency, error)
+                return problem_response(
+                    503,
+                    f"the {dependency.name} is unavailable; retry later",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+        logger.error("unhandled exception", exc_info=error)
+        return problem_response(500)
+
+    @staticmethod
+    def _log_unavailable(dependency: Dependency, error: Exception) -> None:
+        extra = {"dependency": dependency.name, "error": repr(error)}
+        if dependency.misconfigured(error):
+            # Every request fails the same way until an operator fixes the credentials:
+            # one ERROR says so; repeating it per request would bury everything else.
+            level = logging.DEBUG if "credentials" in dependency.reported else logging.ERROR
+            dependency.reported.add("credentials")
+            logger.log(level, "dependency refused our credentials", extra=extra)
+        else:
+            logger.warning("dependency unavailable", extra=extra)
 
 
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+def _replaying(recorded: list[Message], receive: Receive) -> Receive:
+    pending = list(recorded)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
 
 
-async def dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("dependency unavailable", extra={"path": request.url.path, "error": repr(exc)})
-    return JSONResponse(
-        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        content={"detail": "Service temporarily unavailable", "request_id": request_id_var.get()},
-        headers={"Retry-After": "5"},
-    )
-{%- endif %}
-{%- if cookiecutter.use_postgres %}
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this request's path.
+
+    Starlette answers 405 from the first route whose path matches and lists only that
+    route's methods; a resource served by several routes (GET, PUT and DELETE on one
+    path) needs all of them in ``Allow``. Asking each route whether it would take the
+    request with another method also covers routers included in routers.
+    """
+    return [
+        method
+        for method in CANDIDATE_METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
-async def database_error(request: Request, exc: Exception) -> JSONResponse:
-    # A connection the server dropped mid-query arrives as a plain DBAPIError
-    # flagged as invalidated; any other database error is a bug: let it be a 500.
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return await dependency_unavailable(request, exc)
-    raise exc
-{%- endif %}
+async def http_error(request: Request, exc: Exception) -> ProblemResponse:
+    error = cast("HTTPException", exc)  # registered for HTTPException only
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+    phrase = HTTPStatus(error.status_code).phrase
+    detail = error.detail if isinstance(error.detail, str) and error.detail != phrase else None
+    return problem_response(error.status_code, detail, headers=headers)
 
 
-def install_error_handling(app: FastAPI) -> None:
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
-    for error_type in UNAVAILABLE_ERRORS:
-        app.add_exception_handler(error_type, dependency_unavailable)
-{%- endif %}
-{%- if cookiecutter.use_postgres %}
-    app.add_exception_handler(DBAPIError, database_error)
-{%- endif %}
-    app.add_middleware(RequestIdMiddleware)
+async def validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    invalid = cast("RequestValidationError", exc)  # registered for it only
+    errors = [
+        FieldError(loc=list(error["loc"]), message=str(error["msg"]), type=str(error["type"]))
+        for error in invalid.errors()
+    ]
+    return problem_response(422, "the request is not valid", errors=errors)
+
+
+def install_error_handling(app: FastAPI, dependencies: Iterable[Dependency] = ()) -> None:
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(ErrorMiddleware, dependencies=list(dependencies))
+    _document_problems(app)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Reference ``Problem`` from every operation, for each error status it can return."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(definitions.pop("$defs", {}))
+        schemas["Problem"] = definitions
+        # FastAPI's own 422 schema is replaced by Problem below.
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                _add_error_responses(operation)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_responses(operation: dict[str, Any]) -> None:
+    responses: dict[str, Any] = operation["responses"]
+    statuses = {"500"}
+    if "422" in responses:  # FastAPI adds it to every operation with parameters or a body
+        statuses.add("422")
+    if "requestBody" in operation:
+        statuses |= {"400", "413"}  # a body that is not UTF-8 JSON; one over the size limit
+    for status in statuses:
+        responses[status] = {
+            "description": HTTPStatus(int(status)).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}},
+        }

@@ -4,6 +4,13 @@
 so an orchestrator restarts only a truly stuck process. ``/health/ready`` checks
 every dependency concurrently, each bounded by a timeout, and answers 503 when
 one fails so a load balancer stops sending traffic without a restart.
+{%- if cookiecutter.use_postgres %}
+
+Readiness answers "can this instance reach its dependencies", not "is it idle": the
+database check has its own one-connection pool, so a worker whose request pool is
+saturated still reports ready. Draining a node only because it is busy would move its
+load onto the others and take them down one after another.
+{%- endif %}
 {%- if not (cookiecutter.use_postgres or cookiecutter.use_redis) %}
 This service has no dependency yet: add a probe to check_dependencies() for
 each one you introduce.
@@ -13,6 +20,7 @@ each one you introduce.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -59,8 +67,10 @@ async def run_check(name: str, probe: Callable[[], Awaitable[None]], seconds: fl
         logger.warning("readiness check timed out", extra={"check": name})
         return CheckResult(status="timeout", detail=f"no answer within {seconds:g}s")
     except Exception as error:  # any failure of a dependency means "not ready"
+        # The cause goes to the log only: the probe is anonymous, and exception names
+        # tell a stranger which driver and version to look up.
         logger.warning("readiness check failed", extra={"check": name, "error": repr(error)})
-        return CheckResult(status="error", detail=type(error).__name__)
+        return CheckResult(status="error", detail="unreachable")
     return CheckResult(status="ok")
 
 
@@ -73,7 +83,7 @@ async def check_dependencies(state: State) -> Readiness:
     timeout: float = state.settings.health_check_timeout_seconds
     probes: dict[str, Callable[[], Awaitable[None]]] = {}
 {%- if cookiecutter.use_postgres %}
-    probes["database"] = lambda: db.ping(state.engine)
+    probes["database"] = lambda: db.ping(state.health_engine)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     probes["redis"] = lambda: cache.ping(state.redis)
@@ -86,10 +96,13 @@ async def check_dependencies(state: State) -> Readiness:
     return Readiness(status="ok" if healthy else "error", checks=checks)
 
 
-def cancel_readiness_check(state: State) -> None:
+async def cancel_readiness_check(state: State) -> None:
+    """Stop a check still running at shutdown, and wait for it, before the pools close."""
     running: asyncio.Task[Readiness] | None = getattr(state, "readiness_check", None)
-    if running is not None:
+    if running is not None and not running.done():
         running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 @router.get(

@@ -9,20 +9,17 @@ from importlib.metadata import metadata
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import health
+from {{ cookiecutter.package_name }} import {% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health
 from {{ cookiecutter.package_name }}.api import api_router
-{%- if cookiecutter.use_redis %}
-from {{ cookiecutter.package_name }}.cache import create_redis
-{%- endif %}
-{%- if cookiecutter.use_postgres %}
-from {{ cookiecutter.package_name }}.db import create_engine
-{%- endif %}
-from {{ cookiecutter.package_name }}.errors import install_error_handling
+from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
+from {{ cookiecutter.package_name }}.errors import Dependency, install_error_handling
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
+from {{ cookiecutter.package_name }}.request_id import RequestIdMiddleware
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -43,21 +40,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as resources:
 {%- if cookiecutter.use_postgres %}
-        engine = create_engine(settings)
+        engine = db.create_engine(settings)
         resources.push_async_callback(engine.dispose)
         app.state.engine = engine
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        # Readiness gets a connection of its own: it never queues behind requests.
+        health_engine = db.create_engine(settings, pool_size=1, max_overflow=0)
+        resources.push_async_callback(health_engine.dispose)
+        app.state.health_engine = health_engine
 {%- endif %}
 {%- if cookiecutter.use_redis %}
-        redis = create_redis(settings)
+        redis = cache.create_redis(settings)
         resources.push_async_callback(redis.aclose)
         app.state.redis = redis
 {%- endif %}
         # Registered last, so it runs first: no readiness check outlives the pools.
-        resources.callback(health.cancel_readiness_check, app.state)
+        resources.push_async_callback(health.cancel_readiness_check, app.state)
         logger.info("started", extra={"environment": settings.environment})
         yield
         logger.info("stopping")
+
+
+def operation_id(route: APIRoute) -> str:
+    """The function name: short, stable ids for generated clients and OpenAPI links."""
+    return route.name
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,9 +80,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None if settings.environment == "production" else "/docs",
         openapi_url=None if settings.environment == "production" else "/openapi.json",
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    # Middleware, innermost first: each add_middleware wraps everything added before it.
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_request_body_bytes)
+    dependencies: list[Dependency] = []
+{%- if cookiecutter.use_postgres %}
+    dependencies.append(db.FAILURES)
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    dependencies.append(cache.FAILURES)
+{%- endif %}
+    install_error_handling(app, dependencies)
+    app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
+        # Outermost, so every response, the error responses built inside included,
+        # carries the CORS headers a browser needs to let the page read it.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -85,7 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Lets browser code read the id to quote in a bug report.
             expose_headers=["X-Request-ID"],
         )
-    install_error_handling(app)
     app.include_router(health.router)
     app.include_router(api_router)
     return app
