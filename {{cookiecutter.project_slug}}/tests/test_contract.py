@@ -11,6 +11,7 @@ is covered without anyone writing a line here.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -19,6 +20,7 @@ from httpx import AsyncClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.core.result import Ok
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.schemas import OpenApiSchema
@@ -34,7 +36,8 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 load_all_checks()
-ALL_CHECKS = CHECKS.get_all()
+# Every built-in check, as `schemathesis run --checks all` would run them.
+ALL_CHECKS = [check for check in CHECKS.get_all() if not isinstance(check, type)]
 
 
 @pytest.fixture
@@ -46,30 +49,39 @@ def api_schema(settings: Settings, client: AsyncClient) -> Iterator[OpenApiSchem
     shutdown_lifespans()  # closes the app's pools in the loop that opened them
 
 
-def operations(schema: OpenApiSchema) -> list[APIOperation]:
-    found = [result.ok() for result in schema.get_all_operations()]
+def operations(schema: OpenApiSchema) -> list[APIOperation[Any, Any, Any, Any]]:
+    found = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"an operation the schema defines wrongly: {result}"
+        found.append(result.ok())
     assert found, "the schema has no operations"
     return found
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_every_operation_keeps_its_contract(api_schema: OpenApiSchema, mode: GenerationMode) -> None:
+def test_every_operation_keeps_its_contract(
+    api_schema: OpenApiSchema, mode: GenerationMode
+) -> None:
     # One Hypothesis run per operation, built here rather than with schema.parametrize(),
     # whose lazy fixture loading does not work with current pytest.
     for operation in operations(api_schema):
         raw = operation.definition.raw
-        if mode is GenerationMode.NEGATIVE and not (raw.get("parameters") or raw.get("requestBody")):
+        has_input = raw.get("parameters") or raw.get("requestBody")
+        if mode is GenerationMode.NEGATIVE and not has_input:
             continue  # no input to get wrong
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @EXAMPLES
-        def keeps_its_contract(case: schemathesis.Case) -> None:
+        def keeps_its_contract(case: schemathesis.Case[Any]) -> None:
             case.call_and_validate(checks=ALL_CHECKS)
 
         keeps_its_contract()
 
+{%- if cookiecutter.include_example_api %}
+
 
 def test_sequences_of_calls_keep_the_contract(api_schema: OpenApiSchema) -> None:
+    # Follows the OpenAPI links (create an item, then read, replace and delete it).
     machine = api_schema.as_state_machine()
 
     class Checked(machine):  # type: ignore[valid-type, misc]
@@ -77,3 +89,4 @@ def test_sequences_of_calls_keep_the_contract(api_schema: OpenApiSchema) -> None
             case.validate_response(response, checks=ALL_CHECKS, **kwargs)
 
     Checked.run(settings=settings(EXAMPLES, max_examples=15, stateful_step_count=6))
+{%- endif %}

@@ -74,7 +74,9 @@ def test_multi_host_and_unix_socket_urls_are_accepted() -> None:
     assert socket.database_sqlalchemy_url == "postgresql+asyncpg://u:p@/app?host=%2Fcloudsql%2Fx"
 
 
-@pytest.mark.parametrize("given", ["mysql://u:p@h/db", "not a url", "postgresql://", "postgres://h:x/db"])
+@pytest.mark.parametrize(
+    "given", ["mysql://u:p@h/db", "not a url", "postgresql://", "postgres://h:x/db"]
+)
 def test_a_malformed_database_url_is_refused(given: str) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, database_url=given)
