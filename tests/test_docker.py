@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -161,6 +163,54 @@ def check_code_change_reuses_dependency_layer(stack: ComposeStack) -> str:
     return f"rebuild after a code-only change {elapsed:.1f} s"
 
 
+# What each server logs when SIGTERM arrived and it began its graceful shutdown.
+SHUTDOWN_STARTED = re.compile(r"Handling signal: term|Shutting down|Received SIGTERM", re.I)
+
+
+def check_stop_lets_an_in_flight_request_finish(
+    stack: ComposeStack, context: dict[str, Any]
+) -> None:
+    """SIGTERM arrives while a request is half sent; the server finishes it, then exits 0."""
+    port = stack.port("app", 8000)
+    if context["include_example_api"]:
+        body = b'{"name": "in flight"}'
+        head = b"POST /api/items HTTP/1.1\r\nContent-Type: application/json\r\n"
+        expected = b"HTTP/1.1 201"
+    else:
+        # No route takes a body: a POST to a GET route is answered (405) once it is read.
+        body = b"{}"
+        head = b"POST /health/live HTTP/1.1\r\nContent-Type: application/json\r\n"
+        expected = b"HTTP/1.1 405"
+    with socket.create_connection(("127.0.0.1", port), timeout=40) as conn:
+        conn.sendall(
+            head + b"Host: test\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + body[:1]
+        )  # fmt: skip
+        time.sleep(0.5)  # the server has the headers and awaits the rest of the body
+        since = stack.compose("exec", "-T", "app", "date", "-u", "+%Y-%m-%dT%H:%M:%S").stdout
+        stopping = threading.Thread(target=stack.compose, args=("stop", "app"))
+        started = time.monotonic()
+        stopping.start()
+        deadline = time.monotonic() + 20
+        while True:
+            logs = stack.compose("logs", "--no-color", "--since", since.strip(), "app").stdout
+            if SHUTDOWN_STARTED.search(logs):
+                break
+            assert time.monotonic() < deadline, f"no shutdown log line after SIGTERM:\n{logs}"
+            time.sleep(0.2)
+        conn.sendall(body[1:])
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    stopping.join(timeout=60)
+    elapsed = time.monotonic() - started
+    assert response.startswith(expected), response[:200]
+    state = stack.inspect("app")["State"]
+    assert state["Running"] is False
+    assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}"
+    assert elapsed < 30, f"stop took {elapsed:.1f} s (stop_grace_period is 30 s)"
+
+
 @pytest.mark.parametrize(
     "variant", [pytest.param(v, marks=pytest.mark.xdist_group(f"docker-{v}")) for v in E2E_VARIANTS]
 )
@@ -190,6 +240,7 @@ def test_compose_stack_end_to_end(
     check_app_logs_are_json_lines(stack)
     record_property("figure", f"{variant}: {check_runtime_image_is_lean(stack, context)}")
     record_property("figure", f"{variant}: {check_code_change_reuses_dependency_layer(stack)}")
+    check_stop_lets_an_in_flight_request_finish(stack, context)
 
     stack.down()
     assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
