@@ -189,7 +189,6 @@ def check_stop_lets_an_in_flight_request_finish(
         time.sleep(0.5)  # the server has the headers and awaits the rest of the body
         since = stack.compose("exec", "-T", "app", "date", "-u", "+%Y-%m-%dT%H:%M:%S").stdout
         stopping = threading.Thread(target=stack.compose, args=("stop", "app"))
-        started = time.monotonic()
         stopping.start()
         deadline = time.monotonic() + 20
         while True:
@@ -203,12 +202,11 @@ def check_stop_lets_an_in_flight_request_finish(
         while chunk := conn.recv(65536):
             response += chunk
     stopping.join(timeout=60)
-    elapsed = time.monotonic() - started
     assert response.startswith(expected), response[:200]
     state = stack.inspect("app")["State"]
     assert state["Running"] is False
+    # 0, not 137: the server finished on its own, before the grace period's SIGKILL.
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}"
-    assert elapsed < 30, f"stop took {elapsed:.1f} s (stop_grace_period is 30 s)"
 
 
 @pytest.mark.parametrize(

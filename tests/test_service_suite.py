@@ -11,7 +11,8 @@ import pytest
 from tests.compose import ComposeStack
 from tests.helpers import VARIANTS, bake, context_of, run
 
-pytestmark = pytest.mark.services
+# Both: the backing services run as compose containers.
+pytestmark = [pytest.mark.services, pytest.mark.docker]
 
 
 def backing_services(

@@ -1,0 +1,223 @@
+"""Dependencies failing under load: every answer is a success or a 503, never a 500 or
+a dropped connection, and the service recovers by itself.
+
+One default stack per server choice; the cases run on it one after another, each with
+concurrent clients running before, during and after the fault, every status and every
+transport error counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from tests.compose import STACKS_KEY, ComposeStack
+from tests.helpers import VARIANTS, bake, require_docker, run
+
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("faults")]
+
+CLIENTS = 16
+# Short, so a hung server is given up on in seconds: the server cancels a statement after
+# 2 s, the client gives up 2 s later (db.CLIENT_TIMEOUT_GRACE_SECONDS).
+FAST_FAILURE_SETTINGS = {
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS": "2",
+    "DATABASE_POOL_TIMEOUT_SECONDS": "2",
+    "REDIS_TIMEOUT_SECONDS": "2",
+    "HEALTH_CHECK_TIMEOUT_SECONDS": "1",
+}
+# Per worker: the request pool (5 + 5 overflow) and readiness' own connection.
+WORKERS = 2
+MAX_APP_CONNECTIONS = WORKERS * (5 + 5 + 1)
+
+
+@pytest.fixture(scope="module", params=["default", "uvicorn"])
+def fault_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComposeStack]:
+    require_docker()
+    variant: str = request.param
+    project = bake(
+        tmp_path_factory.mktemp(f"faults-{variant}"),
+        **VARIANTS[variant],
+        project_name=f"Faults {variant}",
+    )
+    with (project / ".env").open("a") as env:
+        env.writelines(f"{key}={value}\n" for key, value in FAST_FAILURE_SETTINGS.items())
+    stack = ComposeStack(project, f"faults-{variant}")
+    try:
+        stack.up(build=True)
+        yield stack
+    finally:
+        stack.down()
+
+
+@dataclass
+class Load:
+    """Concurrent clients, each with its own connection, recording every outcome."""
+
+    urls: list[str]
+    outcomes: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client(self, index: int) -> None:
+        url = self.urls[index % len(self.urls)]
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                try:
+                    outcome = str(http.get(url).status_code)
+                except httpx.HTTPError as error:  # a dropped or refused connection
+                    outcome = type(error).__name__
+                with self.lock:
+                    self.outcomes.append((time.monotonic(), outcome))
+
+    def since(self, moment: float) -> Counter[str]:
+        with self.lock:
+            return Counter(outcome for at, outcome in self.outcomes if at >= moment)
+
+
+def readiness(stack: ComposeStack) -> int:
+    try:
+        return stack.get("/health/ready", timeout=10).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def app_connections(stack: ComposeStack) -> int:
+    count = stack.compose(
+        "exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-tAc",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app'"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )  # fmt: skip
+    return int(count.stdout.strip())
+
+
+def app_memory_mib(stack: ComposeStack) -> float:
+    container = stack.container_id("app")
+    usage = (
+        run(
+            ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+            stack.project,
+        )
+        .stdout.split("/")[0]
+        .strip()
+    )
+    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "B": 1 / 2**20}
+    for unit, scale in units.items():
+        if usage.endswith(unit):
+            return float(usage.removesuffix(unit)) * scale
+    raise AssertionError(f"unreadable memory usage {usage!r}")
+
+
+def terminate_app_backends(stack: ComposeStack) -> None:
+    stack.compose(
+        "exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-tAc",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app'"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )  # fmt: skip
+
+
+def paused(service: str, seconds: float) -> Callable[[ComposeStack], None]:
+    def fault(stack: ComposeStack) -> None:
+        stack.compose("pause", service)
+        time.sleep(seconds)
+        stack.compose("unpause", service)
+
+    return fault
+
+
+def db_disconnected(stack: ComposeStack) -> None:
+    network = f"{stack.name}_default"
+    container = stack.container_id("db")
+    run(["docker", "network", "disconnect", network, container], stack.project)
+    time.sleep(5)
+    run(["docker", "network", "connect", "--alias", "db", network, container], stack.project)
+
+
+# name: (the fault, the dependency readiness must report down during it, or None where
+# the dependency stays available and readiness rightly stays 200)
+CASES: dict[str, tuple[Callable[[ComposeStack], object], str | None]] = {
+    "postgres restarted": (lambda stack: stack.compose("restart", "db"), "database"),
+    "postgres backends terminated": (terminate_app_backends, None),
+    "postgres hung past the statement timeout": (paused("db", 6), "database"),
+    "postgres cut off the network": (db_disconnected, "database"),
+    "redis restarted": (lambda stack: stack.compose("restart", "redis"), "redis"),
+    "redis hung": (paused("redis", 4), "redis"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_failing_dependency_under_load_gives_only_200_or_503(
+    fault_stack: ComposeStack,
+    request: pytest.FixtureRequest,
+    record_property: Callable[[str, object], None],
+    case: str,
+) -> None:
+    stack = fault_stack
+    request.node.stash[STACKS_KEY] = [stack]
+    fault, dependency = CASES[case]
+    created = httpx.post(stack.url("/api/items"), json={"name": "under load"}, timeout=10)
+    assert created.status_code == 201, created.text
+    # Reads of the database, and readiness, which also reads Redis.
+    load = Load([stack.url(f"/api/items/{created.json()['id']}"), stack.url("/health/ready")])
+    memory_before = app_memory_mib(stack)
+    probes: list[tuple[float, int]] = []
+    clients = [threading.Thread(target=load.client, args=(i,)) for i in range(CLIENTS)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(2)
+        healthy_before = load.since(0)
+        fault_started = time.monotonic()
+        fault_over = threading.Event()
+
+        def probe() -> None:  # readiness, as a load balancer polls it, during the fault
+            while not fault_over.is_set():
+                probes.append((time.monotonic(), readiness(stack)))
+                time.sleep(0.2)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        fault(stack)
+        fault_ended = time.monotonic()
+        fault_over.set()
+        prober.join(timeout=60)
+        # Within a few seconds of the dependency's return, only 200s.
+        deadline = time.monotonic() + 30
+        while readiness(stack) != 200:
+            assert time.monotonic() < deadline, "readiness did not come back"
+            time.sleep(0.2)
+        recovered = time.monotonic()
+        time.sleep(3)
+        settled = time.monotonic()
+        time.sleep(3)
+    finally:
+        load.stop.set()
+        for client in clients:
+            client.join(timeout=60)
+
+    everything = load.since(0)
+    after = load.since(settled)
+    first_503 = next((at for at, outcome in load.outcomes if outcome == "503"), None)
+    record_property(
+        "figure",
+        f"{stack.name.split('-')[2]} {case}: {sum(everything.values())} requests, "
+        f"{everything['503']} x 503, first 503 "
+        + (f"{first_503 - fault_started:.1f} s after the fault" if first_503 else "never")
+        + f", ready again {recovered - fault_ended:.1f} s after it ended",
+    )
+    assert set(healthy_before) == {"200"}, f"not healthy before the fault: {healthy_before}"
+    assert set(everything) <= {"200", "503"}, f"only 200 or 503 expected: {everything}"
+    assert set(after) == {"200"}, f"still failing after recovery: {after}"
+    if dependency is not None:
+        assert any(status == 503 for _, status in probes), "readiness never reported the fault"
+    assert app_connections(stack) <= MAX_APP_CONNECTIONS
+    memory_after = app_memory_mib(stack)
+    record_property("figure", f"{case}: app memory {memory_before:.0f} -> {memory_after:.0f} MiB")
+    assert memory_after < memory_before * 1.5 + 20, "app memory grew during the fault"
