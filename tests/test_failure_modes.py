@@ -324,7 +324,7 @@ def downgrade() -> None:
 def test_the_migration_lock_outlives_an_autocommit_block(
     stack: ComposeStack, tmp_path: Path
 ) -> None:
-    url = scratch_database(stack, "concurrently")
+    url = scratch_database(stack, "autocommit")
     migrations = tmp_path / "migrations"
     shutil.copytree(stack.project / "migrations", migrations)
     (migrations / "versions" / "0002_index_concurrently.py").write_text(AUTOCOMMIT_REVISION)
@@ -333,12 +333,12 @@ def test_the_migration_lock_outlives_an_autocommit_block(
     job = migrate_job(stack, url, "--volume", f"{migrations}:/app/migrations:ro")
     output = job.communicate(timeout=300)[0]
     assert job.returncode == 0, output
-    assert sql(stack, "concurrently", "SELECT version_num FROM alembic_version") == "0002"
+    assert sql(stack, "autocommit", "SELECT version_num FROM alembic_version") == "0002"
     for line in (line for line in output.splitlines() if line.startswith("{")):
         assert json.loads(line)["logger"], line  # the migrate job logs JSON lines
     assert any('"Running upgrade 0001 -> 0002' in line for line in output.splitlines()), output
     stack.compose("exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-c",
-                  "DROP DATABASE concurrently WITH (FORCE)")  # fmt: skip
+                  "DROP DATABASE autocommit WITH (FORCE)")  # fmt: skip
 
 
 @pytest.mark.docker
