@@ -106,4 +106,4 @@ def test_unreachable_services_fail_with_one_line_hint(tmp_path: Path) -> None:
     ]
     assert len(hint) == 1, result.stdout[-3000:]
     # Whichever service is asked first is named; the hint starts both.
-    assert re.search(r"(PostgreSQL|Redis) at 127\.0\.0\.1:1\b", hint[0]), hint[0]
+    assert re.search(r"(PostgreSQL|Redis) at \S*127\.0\.0\.1:1\b", hint[0]), hint[0]
