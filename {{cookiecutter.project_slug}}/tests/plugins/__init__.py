@@ -26,12 +26,9 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not compose_services(config):
-        return
-    for item in items:
-        if "settings" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.services)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if "settings" in getattr(item, "fixturenames", ()) and compose_services(item.config):
+        item.add_marker(pytest.mark.services)
 
 
 def compose_services(config: pytest.Config) -> list[str]:
