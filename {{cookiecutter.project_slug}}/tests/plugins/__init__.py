@@ -26,9 +26,12 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    if "settings" in getattr(item, "fixturenames", ()) and compose_services(item.config):
-        item.add_marker(pytest.mark.services)
+def pytest_collection_modifyitems(session: pytest.Session) -> None:
+    if not compose_services(session.config):
+        return
+    for test in session.items:
+        if "settings" in getattr(test, "fixturenames", ()):
+            test.add_marker(pytest.mark.services)
 
 
 def compose_services(config: pytest.Config) -> list[str]:
