@@ -32,7 +32,7 @@ pytest_plugins = [
 def settings(request: pytest.FixtureRequest) -> Settings:
     """Settings for one test: nothing read from .env, each service at its test instance."""
     overrides: dict[str, Any] = {}
-    for contributed in request.config.hook.pytest_service_settings(request=request):
+    for contributed in request.config.hook.pytest_app_settings(request=request):
         overrides.update(contributed)
     return Settings(_env_file=None, environment="test", **overrides)
 
@@ -50,5 +50,5 @@ async def client(app: FastAPI, request: pytest.FixtureRequest) -> AsyncIterator[
         async with AsyncClient(transport=transport, base_url="http://test") as http:
             yield http
         # Each test starts from empty services; the pools are still open here.
-        for reset in request.config.hook.pytest_service_reset(app=app):
+        for reset in request.config.hook.pytest_app_reset(app=app):
             await reset

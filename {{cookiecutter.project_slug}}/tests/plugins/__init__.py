@@ -1,10 +1,10 @@
-"""Option-owned test plugins: each option that brings a service owns one module here.
+"""Option-owned test plugins: each option that the tests must know about owns one module here.
 
 ``tests/conftest.py`` lists this package and the chosen modules in
 ``pytest_plugins``; an option's module is created or pruned with the option.
 A module defines its own fixtures and implements what it needs of the hooks in
-``hookspecs.py``: the settings that point the app at its test service, what to
-wipe after each test, and the compose service it needs. Adding an option's
+``hookspecs.py``: the settings it gives the app under test (such as its test
+service's URL), what to wipe after each test, and the compose services it needs. Adding an option's
 plugin is one new module, one line in ``pytest_plugins`` and its manifest entry.
 
 Tests that build the app (they use the ``settings`` fixture, directly or

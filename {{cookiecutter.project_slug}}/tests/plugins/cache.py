@@ -46,11 +46,11 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-def pytest_service_settings(request: pytest.FixtureRequest) -> Mapping[str, object]:
+def pytest_app_settings(request: pytest.FixtureRequest) -> Mapping[str, object]:
     return {"redis_url": request.getfixturevalue("redis_url")}
 
 
-def pytest_service_reset(app: FastAPI) -> Awaitable[None]:
+def pytest_app_reset(app: FastAPI) -> Awaitable[None]:
     return _flush(app.state.redis)
 
 

@@ -67,11 +67,11 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         asyncio.run(_recreate_database(admin_url, name, create=False))
 
 
-def pytest_service_settings(request: pytest.FixtureRequest) -> Mapping[str, object]:
+def pytest_app_settings(request: pytest.FixtureRequest) -> Mapping[str, object]:
     return {"database_url": request.getfixturevalue("database_url")}
 
 
-def pytest_service_reset(app: FastAPI) -> Awaitable[None]:
+def pytest_app_reset(app: FastAPI) -> Awaitable[None]:
     return _empty_tables(app.state.engine)
 
 

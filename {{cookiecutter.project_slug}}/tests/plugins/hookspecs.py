@@ -8,16 +8,16 @@ from fastapi import FastAPI
 from pytest import FixtureRequest
 
 
-def pytest_service_settings(request: FixtureRequest) -> Mapping[str, object] | None:
-    """Settings fields that point the app at this plugin's test service.
+def pytest_app_settings(request: FixtureRequest) -> Mapping[str, object] | None:
+    """Settings fields this option sets for the app under test (a service's test URL...).
 
     Called by the ``settings`` fixture for every test that builds the app; get
     the plugin's own fixtures with ``request.getfixturevalue``.
     """
 
 
-def pytest_service_reset(app: FastAPI) -> Awaitable[None] | None:
-    """Wipe what one test left in the service; awaited while the app's pools are open."""
+def pytest_app_reset(app: FastAPI) -> Awaitable[None] | None:
+    """Wipe what one test left behind (rows, keys...); awaited while the app's pools are open."""
 
 
 def pytest_compose_services() -> Sequence[str] | None:
