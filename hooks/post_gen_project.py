@@ -32,10 +32,14 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "migrations",
         "src/{package}/db.py",
         "tests/test_db.py",
+        "tests/plugins/db.py",
+        "tests/test_settings_db.py",
     ),
     ("use_redis", True): (
         "src/{package}/cache.py",
         "tests/test_cache.py",
+        "tests/plugins/cache.py",
+        "tests/test_settings_cache.py",
     ),
     ("include_example_api", True): (
         "src/{package}/api/items.py",
@@ -43,7 +47,8 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "migrations/versions/0001_create_items.py",
         "tests/test_items.py",
     ),
-    ("server", "gunicorn"): ("gunicorn.conf.py",),
+    ("server", "gunicorn"): ("gunicorn.conf.py", "tests/test_entrypoint_gunicorn.py"),
+    ("server", "uvicorn"): ("tests/test_entrypoint_uvicorn.py",),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml",),
 }

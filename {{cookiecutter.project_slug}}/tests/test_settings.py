@@ -1,172 +1,87 @@
+"""Settings parsing: what the environment may say, and how a mistake is reported."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from {{ cookiecutter.package_name }} import settings as settings_module
 from {{ cookiecutter.package_name }}.settings import (
     ConfigurationError,
     Settings,
     describe,
+    get_settings,
     load_settings,
 )
-{%- if cookiecutter.use_postgres %}
 
 
-@pytest.mark.parametrize(
-    "given",
-    [
-        "postgres://u:p@db.example.com:5432/app",
-        "postgresql://u:p@db.example.com:5432/app",
-        "postgresql+asyncpg://u:p@db.example.com:5432/app",
-    ],
-)
-def test_provider_database_urls_are_normalised_for_asyncpg(given: str) -> None:
-    settings = Settings(_env_file=None, database_url=given)
-    assert settings.database_sqlalchemy_url == "postgresql+asyncpg://u:p@db.example.com:5432/app"
+@pytest.fixture(autouse=True)
+def unset_settings_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sets the variables it is about; the shell's own do not leak in."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
-@pytest.mark.parametrize(
-    ("query", "url_query", "server_settings"),
-    [
-        ("sslmode=require", "ssl=require", {}),
-        ("channel_binding=prefer&gssencmode=disable", "", {}),
-        ("target_session_attrs=read-write", "target_session_attrs=read-write", {}),
-        ("application_name=billing", "", {"application_name": "billing"}),
-        (
-            "options=-c%20search_path%3Dbilling%20-c%20work_mem%3D64MB",
-            "",
-            {"search_path": "billing", "work_mem": "64MB"},
-        ),
-    ],
-)
-def test_libpq_options_are_mapped_for_asyncpg(
-    query: str, url_query: str, server_settings: dict[str, str]
-) -> None:
-    settings = Settings(_env_file=None, database_url=f"postgres://u:p@db.example.com/app?{query}")
-    base = "postgresql+asyncpg://u:p@db.example.com/app"
-    expected = f"{base}?{url_query}" if url_query else base
-    assert settings.database_sqlalchemy_url == expected
-    assert settings.database_server_settings == server_settings
-
-
-@pytest.mark.parametrize(
-    ("query", "named"),
-    [
-        ("connect_timeout=10", "connect_timeout"),
-        ("sslrootcert=/certs/ca.pem", "PGSSLROOTCERT"),
-        ("channel_binding=require", "channel_binding"),
-        ("sslmode=sometimes", "sslmode"),
-        ("options=--no-such-flag", "options"),
-        ("tcp_user_timeout=5", "tcp_user_timeout"),
-    ],
-)
-def test_options_asyncpg_cannot_honour_are_refused_by_name(query: str, named: str) -> None:
-    with pytest.raises(ValidationError, match=named):
-        Settings(_env_file=None, database_url=f"postgres://u:p@db.example.com/app?{query}")
-
-
-def test_multi_host_and_unix_socket_urls_are_accepted() -> None:
-    multi = Settings(_env_file=None, database_url="postgres://u:p@h1:5432,h2:5433/app")
-    assert multi.database_sqlalchemy_url == (
-        "postgresql+asyncpg://u:p@/app?host=h1%3A5432&host=h2%3A5433"
-    )
-    socket = Settings(_env_file=None, database_url="postgresql://u:p@/app?host=/cloudsql/x")
-    assert socket.database_sqlalchemy_url == "postgresql+asyncpg://u:p@/app?host=%2Fcloudsql%2Fx"
-
-
-@pytest.mark.parametrize(
-    "given", ["mysql://u:p@h/db", "not a url", "postgresql://", "postgres://h:x/db"]
-)
-def test_a_malformed_database_url_is_refused(given: str) -> None:
-    with pytest.raises(ValidationError):
-        Settings(_env_file=None, database_url=given)
-
-
-async def test_a_mapped_url_really_connects(settings: Settings) -> None:
-    """The options the URL carries reach the server: startup validation is not a promise
-    that fails later on every connection."""
-    from sqlalchemy import text
-
-    from {{ cookiecutter.package_name }}.db import create_engine
-
-    url = settings.database_url + (
-        "?application_name=mapped&target_session_attrs=any&sslmode=disable"
-        "&options=-c%20lock_timeout%3D1234"
-    )
-    engine = create_engine(settings.model_copy(update={"database_url": url}))
-    try:
-        async with engine.connect() as connection:
-            name = (await connection.execute(text("SHOW application_name"))).scalar_one()
-            timeout = (await connection.execute(text("SHOW lock_timeout"))).scalar_one()
-    finally:
-        await engine.dispose()
-    assert (name, timeout) == ("mapped", "1234ms")
-
-
-@pytest.mark.parametrize(("cache", "kept"), [(True, True), (False, False)])
-async def test_the_statement_cache_can_be_turned_off_for_pgbouncer(
-    settings: Settings, cache: bool, kept: bool
-) -> None:
-    """PgBouncer in transaction mode cannot keep a prepared statement for the client."""
-    from sqlalchemy import text
-
-    from {{ cookiecutter.package_name }}.db import create_engine
-
-    engine = create_engine(settings.model_copy(update={"database_statement_cache": cache}))
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-            await connection.execute(text("SELECT 1"))
-            prepared = await connection.execute(text("SELECT count(*) FROM pg_prepared_statements"))
-            count = prepared.scalar_one()
-    finally:
-        await engine.dispose()
-    assert (count > 0) is kept
-{%- endif %}
-
-
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
-
-
-@pytest.mark.parametrize("password", ["change-me", "app"])
-def test_production_refuses_placeholder_passwords(password: str) -> None:
-    with pytest.raises(ValidationError, match="placeholder password"):
-        Settings(
-            _env_file=None,
-            environment="production",
-{%- if cookiecutter.use_postgres %}
-            database_url=f"postgresql://app:{password}@db/app",
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-            redis_url=f"redis://:{password}@redis:6379/0",
-{%- endif %}
-        )
-{%- endif %}
-{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
-
-
-def test_credentials_stay_out_of_the_repr() -> None:
-    settings = Settings(
-        _env_file=None,
-{%- if cookiecutter.use_postgres %}
-        database_url="postgresql://u:pg-password@h/db",
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-        redis_url="redis://:redis-password@h:6379/0",
-{%- endif %}
-    )
-    text = repr(settings)
-{%- if cookiecutter.use_postgres %}
-    assert "pg-password" not in text
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    assert "redis-password" not in text
-{%- endif %}
-{%- endif %}
-
-
-def test_local_accepts_the_example_passwords() -> None:
+def test_local_accepts_the_defaults() -> None:
     assert Settings(_env_file=None, environment="local").environment == "local"
+
+
+def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert Settings(_env_file=None).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("", []),
+        ("https://a.example", ["https://a.example"]),
+        (" https://a.example , https://b.example,", ["https://a.example", "https://b.example"]),
+    ],
+)
+def test_cors_origins_are_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", given)
+    assert Settings(_env_file=None).cors_origins == expected
+
+
+def test_cors_origins_may_be_given_as_a_list() -> None:
+    settings = Settings(_env_file=None, cors_origins=["https://a.example"])
+    assert settings.cors_origins == ["https://a.example"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "0"),
+        ("PORT", "65536"),
+        ("WEB_CONCURRENCY", "0"),
+        ("KEEPALIVE_SECONDS", "0"),
+        ("HEALTH_CHECK_TIMEOUT_SECONDS", "0"),
+        ("MAX_REQUEST_BODY_BYTES", "0"),
+        ("ENVIRONMENT", "prod"),
+    ],
+)
+def test_out_of_range_values_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert describe(caught.value).startswith(f"invalid configuration: {variable}: ")
+
+
+def test_a_dotenv_file_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("LOG_LEVEL=WARNING\nPORT=9000\n")
+    monkeypatch.setenv("PORT", "9100")
+    settings = Settings(_env_file=env_file)
+    assert (settings.log_level, settings.port) == ("WARNING", 9100)
 
 
 def test_bad_variables_are_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,3 +100,19 @@ def test_load_settings_exits_with_the_message(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigurationError) as caught:
         load_settings()
     assert "LOG_LEVEL" in str(caught.value.code)
+
+
+def test_get_settings_loads_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[Settings] = []
+
+    def counting_load() -> Settings:
+        loads.append(Settings(_env_file=None))
+        return loads[-1]
+
+    monkeypatch.setattr(settings_module, "load_settings", counting_load)
+    get_settings.cache_clear()
+    try:
+        assert get_settings() is get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert len(loads) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
 import urllib.request
 
 
@@ -17,6 +18,11 @@ def main() -> int:
     try:
         with opener.open(url, timeout=2) as response:
             return 0 if response.status == 200 else 1
+    except urllib.error.HTTPError as error:
+        # A 4xx/5xx answer arrives as an exception that still holds the open
+        # response; close it, or Python 3.14 reports the leak as it exits.
+        error.close()
+        return 1
     except OSError:
         return 1
 
