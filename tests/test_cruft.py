@@ -54,6 +54,11 @@ def edit(path: Path, change: Callable[[str], str]) -> None:
     path.write_text(after)
 
 
+def add_httpx_dependency(pyproject: str) -> str:
+    fastapi = '    "fastapi>=0.120",\n'
+    return pyproject.replace(fastapi, fastapi + '    "httpx>=0.28",\n', 1)
+
+
 def template_repo(destination: Path) -> Path:
     """This template's working tree, committed as the first commit of a new repository."""
     ignore = shutil.ignore_patterns(
@@ -104,10 +109,7 @@ def test_update_merges_template_changes_and_keeps_the_service_own(tmp_path: Path
         generated / "README.md",
         lambda t: t.replace("## Quick start\n", "## Quick start\n\nFrom a fresh clone:\n", 1),
     )
-    edit(
-        generated / "pyproject.toml",
-        lambda t: t.replace('    "fastapi>=0.120",\n', '    "fastapi>=0.120",\n    "httpx>=0.28",\n'),
-    )
+    edit(generated / "pyproject.toml", add_httpx_dependency)
     edit(generated / ".gitignore", lambda t: t + "\n# Local logs\n*.log\n")
     edit(generated / ".env.example", lambda t: t + "\n# Added by template B\n")
     (generated / "docs").mkdir()
@@ -182,10 +184,7 @@ def test_conflicting_update_is_reported_and_loses_nothing(tmp_path: Path) -> Non
         generated / "README.md",
         lambda t: t.replace(quick_start, "docker compose up --build --wait\n", 1),
     )
-    edit(
-        generated / "pyproject.toml",
-        lambda t: t.replace('    "fastapi>=0.120",\n', '    "fastapi>=0.120",\n    "httpx>=0.28",\n'),
-    )
+    edit(generated / "pyproject.toml", add_httpx_dependency)
     commit_all(template, "template B")
 
     result = cruft(service, "update", "--skip-apply-ask")
