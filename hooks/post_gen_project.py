@@ -45,7 +45,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ),
     ("server", "gunicorn"): ("gunicorn.conf.py",),
     ("ci", "github"): (".github",),
-    ("ci", "gitlab"): (".gitlab-ci.yml",),
+    ("ci", "gitlab"): (".gitlab-ci.yml", "renovate.json"),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is
