@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.helpers import VARIANTS, bake, run
@@ -27,7 +26,6 @@ def check_jsonschema(schema: str, document: Path) -> None:
     )
 
 
-@pytest.mark.xdist_group("default")
 def test_pre_commit_passes_on_a_fresh_bake_and_catches_a_bad_file(tmp_path: Path) -> None:
     project = bake(tmp_path)
     env = {**HOOK_ENV, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
