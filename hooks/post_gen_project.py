@@ -182,6 +182,7 @@ def next_steps(context: Mapping[str, Any], lock_problem: str | None) -> str:
         lines.append(f"  uv lock            # uv.lock could not be refreshed here: {lock_problem}")
     lines += [
         "  git init && git add -A && git commit -m 'Initial commit'",
+        "  uv run pre-commit install         # lint, format and type-check on every commit",
         "  docker compose up --build        # app on http://localhost:8000/health/ready",
         "  uv sync && uv run pytest         # tests (see README.md for the backing services)",
     ]

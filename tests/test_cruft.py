@@ -202,3 +202,29 @@ def test_conflicting_update_is_reported_and_loses_nothing(tmp_path: Path) -> Non
     assert "*.tmp" in (service / ".gitignore").read_text()
     assert (service / ".env").read_bytes() == env_before
     assert rejects(service) == []
+
+
+def test_a_plain_cookiecutter_service_is_recorded_and_updatable(tmp_path: Path) -> None:
+    template = template_repo(tmp_path / "template")
+    where = tmp_path / "services"
+    where.mkdir()
+    baked = run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", str(template), "ci=none"], where
+    )
+    assert "Recorded the template and answers in .cruft.json" in baked.stdout
+    service = where / "my-service"
+    state = json.loads((service / ".cruft.json").read_text())
+    assert state["template"] == str(template.resolve())
+    assert state["commit"] == git(template, "rev-parse", "HEAD").stdout.strip()
+    assert state["context"]["cookiecutter"]["ci"] == "none"
+    git(service, "init", "--quiet", "--initial-branch", "main")
+    commit_all(service, "Initial commit")
+    # The record reproduces the bake exactly: no drift, and current.
+    assert cruft(service, "diff", "--exit-code").stdout == ""
+    assert "up to date" in cruft(service, "check").stdout
+
+    edit(template / SLUG_DIR / "pyproject.toml", add_httpx_dependency)
+    commit_all(template, "template B")
+    cruft(service, "update", "--skip-apply-ask")
+    assert '"httpx>=0.28"' in (service / "pyproject.toml").read_text()
+    assert rejects(service) == []
