@@ -271,7 +271,11 @@ def record_template(project_dir: Path, context: Mapping[str, Any]) -> str:
         )
     text = json.dumps(cruft_state(context, origin), ensure_ascii=False, indent=2)
     target.write_text(text + "\n")
-    return f"Recorded the template and answers in .cruft.json ({origin['commit'][:12]})."
+    message = f"Recorded the template and answers in .cruft.json ({origin['commit'][:12]})."
+    if git_output(["status", "--porcelain"], Path(str(context["_repo_dir"]))):
+        # `cruft update` will diff against that commit, not against these edits.
+        message += " The template had uncommitted changes, which no commit records."
+    return message
 
 
 def main() -> int:

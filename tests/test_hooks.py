@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -277,3 +278,15 @@ def test_an_existing_cruft_file_is_kept(tmp_path: Path) -> None:
     (tmp_path / ".cruft.json").write_text("{}\n")
     assert "Kept" in post.record_template(tmp_path, context_of())
     assert (tmp_path / ".cruft.json").read_text() == "{}\n"
+
+
+def test_a_dirty_template_checkout_is_recorded_with_a_warning(tmp_path: Path) -> None:
+    commit = git_repo(tmp_path / "tpl")
+    (tmp_path / "tpl" / "cookiecutter.json").write_text('{"changed": true}')
+    template = str(tmp_path / "tpl")
+    service = tmp_path / "service"
+    service.mkdir()
+    context = {**context_of(), "_template": template, "_repo_dir": template}
+    message = post.record_template(service, context)
+    assert "uncommitted changes" in message
+    assert json.loads((service / ".cruft.json").read_text())["commit"] == commit
