@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +92,9 @@ def rejects(service: Path) -> list[str]:
     return [str(p.relative_to(service)) for p in service.rglob("*.rej")]
 
 
-def test_update_merges_template_changes_and_keeps_the_service_own(tmp_path: Path) -> None:
+def test_update_merges_template_changes_and_keeps_the_service_own(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     template = template_repo(tmp_path / "template")
     service = create_service(template, tmp_path / "services")
     package = service / "src" / "my_service"
@@ -129,7 +132,11 @@ def test_update_merges_template_changes_and_keeps_the_service_own(tmp_path: Path
     assert ".env" not in drift.split()
 
     # Update to the tag v1.1.0 (template B), not to the newest commit.
+    started = time.monotonic()
     result = cruft(service, "update", "--skip-apply-ask", "--checkout", "v1.1.0")
+    record_property(
+        "figure", f"cruft update (two renders, hooks included): {time.monotonic() - started:.1f} s"
+    )
     output = result.stdout + result.stderr
     assert rejects(service) == [], output
     state = json.loads((service / ".cruft.json").read_text())
