@@ -50,12 +50,12 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("server", "gunicorn"): ("gunicorn.conf.py", "tests/test_entrypoint_gunicorn.py"),
     ("server", "uvicorn"): ("tests/test_entrypoint_uvicorn.py",),
     ("ci", "github"): (".github",),
-    ("ci", "gitlab"): (".gitlab-ci.yml",),
+    ("ci", "gitlab"): (".gitlab-ci.yml", "renovate.json"),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is
 # replaced by a fresh random value in .env.
-SECRET_PLACEHOLDERS = ("SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
+SECRET_PLACEHOLDERS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 PLACEHOLDER_VALUE = "change-me"
 # URLs in .env that embed one of those passwords (``scheme://user:change-me@host``).
 URL_PASSWORDS = {"DATABASE_URL": "POSTGRES_PASSWORD", "REDIS_URL": "REDIS_PASSWORD"}
@@ -113,26 +113,55 @@ def generate_secrets(env_example: str, token: Callable[[], str] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def write_env(project_dir: Path) -> None:
-    """Write .env readable by its owner only, from the first byte on."""
+def write_env(project_dir: Path) -> bool:
+    """Write .env readable by its owner only, from the first byte on.
+
+    An existing .env is never touched (False is returned): its secrets may
+    already be in a database volume, and a re-bake (``cookiecutter -f``) or a
+    template update must not lock the service out of its own data.
+    """
     text = generate_secrets((project_dir / ".env.example").read_text())
-    descriptor = os.open(project_dir / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        descriptor = os.open(project_dir / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
     with os.fdopen(descriptor, "w") as env:
         env.write(text)
+    return True
 
 
-def lock_commands() -> list[list[str]]:
+def uv_error(stderr: str) -> str | None:
+    """The line of uv's output that says why (index unreachable, no interpreter, bad TOML...).
+
+    uv starts its message with ``error:`` and may add causes below it; without
+    such a line, the last one is the best guess.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith("error:")]
+    if errors:
+        return errors[0]
+    return lines[-1] if lines else None
+
+
+def lock_commands(offline_only: bool = False) -> list[list[str]]:
     """Online first; then offline, which succeeds when uv's cache already holds
-    every package (a warm cache). A cold cache cannot re-resolve offline."""
-    return [["uv", "lock"], ["uv", "lock", "--offline"]]
+    every package (a warm cache). A cold cache cannot re-resolve offline.
+
+    ``offline_only`` is for cruft's renders: ``cruft update`` renders the
+    template twice in throwaway directories, and the service keeps its own
+    uv.lock (it is in ``[tool.cruft] skip``), so those renders must not wait on
+    the network.
+    """
+    offline = ["uv", "lock", "--offline"]
+    return [offline] if offline_only else [["uv", "lock"], offline]
 
 
-def lock_dependencies(project_dir: Path) -> str | None:
+def lock_dependencies(project_dir: Path, offline_only: bool = False) -> str | None:
     """Make uv.lock match the pruned pyproject.toml; None, or why it could not."""
     if shutil.which("uv") is None:
         return "uv is not on PATH"
     reason = "uv lock failed"
-    for command in lock_commands():
+    for command in lock_commands(offline_only):
         try:
             result = subprocess.run(
                 command,
@@ -147,9 +176,7 @@ def lock_dependencies(project_dir: Path) -> str | None:
             continue
         if result.returncode == 0:
             return None
-        # uv's last line says why (index unreachable, no interpreter, bad TOML...).
-        last_lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        reason = last_lines[-1].strip() if last_lines else f"exit status {result.returncode}"
+        reason = uv_error(result.stderr) or f"exit status {result.returncode}"
     return reason
 
 
@@ -160,17 +187,116 @@ def next_steps(context: Mapping[str, Any], lock_problem: str | None) -> str:
         lines.append(f"  uv lock            # uv.lock could not be refreshed here: {lock_problem}")
     lines += [
         "  git init && git add -A && git commit -m 'Initial commit'",
+        "  uv run pre-commit install         # lint, format and type-check on every commit",
         "  docker compose up --build        # app on http://localhost:8000/health/ready",
         "  uv sync && uv run pytest         # tests (see README.md for the backing services)",
     ]
     return "\n".join(lines)
 
 
+def rendered_by_cruft(context: Mapping[str, Any]) -> bool:
+    """True under ``cruft create``/``update``/``diff``: cruft adds ``_commit``.
+
+    cruft writes .cruft.json itself, and during an update or a diff this render
+    is a throwaway copy in a temporary directory.
+    """
+    return "_commit" in context
+
+
+def git_output(arguments: list[str], cwd: Path) -> str | None:
+    """A git command's stripped output, or None when git or the repository is missing."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        result = subprocess.run(
+            ["git", *arguments], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def template_origin(context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Where a plain ``cookiecutter`` run took the template from, as cruft records it.
+
+    ``_repo_dir`` is the template's checkout (cookiecutter's clone for a URL,
+    or the directory given); its git commit is the version baked. None when it
+    is not a git checkout (a zip, a copied folder): then only ``cruft link``
+    can record the origin.
+    """
+    repo_dir = context.get("_repo_dir")
+    if not repo_dir or not Path(repo_dir).is_dir():
+        return None
+    repo = Path(repo_dir).resolve()
+    commit = git_output(["rev-parse", "HEAD"], repo)
+    top = git_output(["rev-parse", "--show-toplevel"], repo)
+    if not commit or not top:
+        return None
+    template = str(context.get("_template", ""))
+    if Path(template).expanduser().is_dir():
+        # A local checkout: record it by absolute path, as `cruft create` does.
+        template = top
+    else:
+        # An abbreviation such as gh:org/name: cookiecutter cloned it, and the
+        # clone knows the full URL that cruft (plain git) can clone again.
+        template = git_output(["config", "--get", "remote.origin.url"], repo) or template
+    top_dir = Path(top).resolve()
+    directory = None if repo == top_dir else repo.relative_to(top_dir).as_posix()
+    return {"template": template, "commit": commit, "directory": directory}
+
+
+# Context keys that describe one machine's run, not the answers: not recorded.
+MACHINE_LOCAL_KEYS = ("_output_dir", "_repo_dir", "_checkout")
+
+
+def cruft_state(context: Mapping[str, Any], origin: Mapping[str, Any]) -> dict[str, Any]:
+    """The .cruft.json that `cruft create` would have written for these answers."""
+    answers = {key: value for key, value in context.items() if key not in MACHINE_LOCAL_KEYS}
+    answers["_template"] = origin["template"]
+    answers["_commit"] = origin["commit"]
+    return {
+        "template": origin["template"],
+        "commit": origin["commit"],
+        "checkout": None,
+        "context": {"cookiecutter": answers},
+        "directory": origin["directory"],
+    }
+
+
+def record_template(project_dir: Path, context: Mapping[str, Any]) -> str:
+    """Write .cruft.json after a plain cookiecutter bake; say what happened, in one line."""
+    target = project_dir / ".cruft.json"
+    if target.exists():
+        return "Kept the existing .cruft.json."
+    origin = template_origin(context)
+    if origin is None:
+        return (
+            "The template is not a git checkout, so no .cruft.json was written: "
+            "run `cruft link <template-url>` in the service to enable `cruft update`."
+        )
+    text = json.dumps(cruft_state(context, origin), ensure_ascii=False, indent=2)
+    target.write_text(text + "\n")
+    message = f"Recorded the template and answers in .cruft.json ({origin['commit'][:12]})."
+    if git_output(["status", "--porcelain"], Path(str(context["_repo_dir"]))):
+        # `cruft update` will diff against that commit, not against these edits.
+        message += " The template had uncommitted changes, which no commit records."
+    return message
+
+
 def main() -> int:
     context: dict[str, Any] = json.loads(_RENDERED)
     project_dir = Path.cwd()
     remove_paths(project_dir, paths_to_remove(context))
-    write_env(project_dir)
+    env_written = write_env(project_dir)
+    if rendered_by_cruft(context):
+        # Quiet: `cruft update` runs this twice per update. Only a problem is worth a line.
+        problem = lock_dependencies(project_dir, offline_only=True)
+        if problem is not None:
+            print(f"uv.lock not refreshed offline ({problem}): run `uv lock` in the service.")
+        return 0
+    if not env_written:
+        print("Kept the existing .env and its secrets (delete it to generate new ones).")
+    print(record_template(project_dir, context))
     print(next_steps(context, lock_dependencies(project_dir)))
     return 0
 

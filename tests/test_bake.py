@@ -51,6 +51,8 @@ def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def project_files(project: Path) -> list[Path]:
     skip = {".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+    # cruft's record of the template and every answer, off ones included, by design.
+    skip.add(".cruft.json")
     return [
         path
         for path in project.rglob("*")

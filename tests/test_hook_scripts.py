@@ -57,7 +57,7 @@ def test_post_hook_prunes_writes_secrets_and_says_what_is_next(
     (tmp_path / "src" / "my_service").mkdir(parents=True)
     (tmp_path / "src" / "my_service" / "cache.py").write_text("")
     (tmp_path / "src" / "my_service" / "db.py").write_text("")
-    (tmp_path / ".env.example").write_text("SECRET_KEY=change-me\n")
+    (tmp_path / ".env.example").write_text("POSTGRES_PASSWORD=change-me\n")
     monkeypatch.setattr(post, "_RENDERED", json.dumps(context))
     monkeypatch.setattr(post, "lock_dependencies", lambda project: None)
     monkeypatch.chdir(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -102,7 +104,6 @@ def test_generate_secrets_replaces_placeholders_and_urls() -> None:
     example = "\n".join(
         [
             "# comment mentioning change-me stays",
-            "SECRET_KEY=change-me",
             "POSTGRES_PASSWORD=change-me",
             "DATABASE_URL=postgresql+asyncpg://app:change-me@localhost:5432/app",
             "REDIS_PASSWORD=change-me",
@@ -110,11 +111,10 @@ def test_generate_secrets_replaces_placeholders_and_urls() -> None:
             "LOG_LEVEL=INFO",
         ]
     )
-    tokens = iter(["s1", "p1", "r1"])
+    tokens = iter(["p1", "r1"])
     env = post.generate_secrets(example, token=lambda: next(tokens))
     assert env.splitlines() == [
         "# comment mentioning change-me stays",
-        "SECRET_KEY=s1",
         "POSTGRES_PASSWORD=p1",
         "DATABASE_URL=postgresql+asyncpg://app:p1@localhost:5432/app",
         "REDIS_PASSWORD=r1",
@@ -124,8 +124,8 @@ def test_generate_secrets_replaces_placeholders_and_urls() -> None:
 
 
 def test_generated_secrets_are_random_and_long() -> None:
-    first = post.generate_secrets("SECRET_KEY=change-me")
-    second = post.generate_secrets("SECRET_KEY=change-me")
+    first = post.generate_secrets("POSTGRES_PASSWORD=change-me")
+    second = post.generate_secrets("POSTGRES_PASSWORD=change-me")
     assert first != second
     assert len(first.strip().partition("=")[2]) >= 40
 
@@ -167,7 +167,124 @@ def test_lock_reports_failure_when_both_attempts_fail(
 
 
 def test_env_is_private_from_the_start(tmp_path: Path) -> None:
-    (tmp_path / ".env.example").write_text("SECRET_KEY=change-me\n")
+    (tmp_path / ".env.example").write_text("POSTGRES_PASSWORD=change-me\n")
     post.write_env(tmp_path)
     assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     assert "change-me" not in (tmp_path / ".env").read_text()
+
+
+def test_an_existing_env_is_kept_byte_for_byte(tmp_path: Path) -> None:
+    (tmp_path / ".env.example").write_text("POSTGRES_PASSWORD=change-me\n")
+    (tmp_path / ".env").write_text("SECRET_KEY=already-in-use\n")
+    assert post.write_env(tmp_path) is False
+    assert (tmp_path / ".env").read_text() == "SECRET_KEY=already-in-use\n"
+
+
+def test_a_new_env_is_reported_as_written(tmp_path: Path) -> None:
+    (tmp_path / ".env.example").write_text("POSTGRES_PASSWORD=change-me\n")
+    assert post.write_env(tmp_path) is True
+
+
+def test_cruft_renders_are_told_apart_by_the_commit_cruft_adds() -> None:
+    assert post.rendered_by_cruft({**context_of(), "_commit": "abc"})
+    assert not post.rendered_by_cruft({**context_of(), "_template": "gh:org/fastapi-docker"})
+
+
+def test_cruft_renders_lock_offline_only() -> None:
+    assert post.lock_commands(offline_only=True) == [["uv", "lock", "--offline"]]
+    assert post.lock_commands()[0] == ["uv", "lock"]
+
+
+def test_uv_error_prefers_the_error_line_over_its_causes() -> None:
+    stderr = "Using CPython 3.13\nerror: Failed to fetch index\n  Caused by: dns error\n"
+    assert post.uv_error(stderr) == "error: Failed to fetch index"
+    assert post.uv_error("something odd\nlast words\n") == "last words"
+    assert post.uv_error("") is None
+
+
+def git_repo(path: Path, origin: str | None = None) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cookiecutter.json").write_text("{}")
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "PATH": os.environ["PATH"],
+    }
+    for command in (
+        ["git", "init", "--quiet"],
+        ["git", "add", "-A"],
+        ["git", "commit", "--quiet", "-m", "A"],
+        *([["git", "remote", "add", "origin", origin]] if origin else []),
+    ):
+        subprocess.run(command, cwd=path, env=env, check=True, capture_output=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_a_local_template_is_recorded_by_path_and_commit(tmp_path: Path) -> None:
+    commit = git_repo(tmp_path / "tpl")
+    template = str(tmp_path / "tpl")
+    context = {**context_of(), "_template": template, "_repo_dir": template}
+    assert post.template_origin(context) == {
+        "template": str((tmp_path / "tpl").resolve()),
+        "commit": commit,
+        "directory": None,
+    }
+
+
+def test_an_abbreviated_template_is_recorded_by_its_clone_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cookiecutter cloned gh:org/fastapi-docker into its own directory.
+    monkeypatch.chdir(tmp_path)
+    url = "https://github.com/org/fastapi-docker.git"
+    git_repo(tmp_path / "clones" / "fastapi-docker", origin=url)
+    context = {
+        **context_of(),
+        "_template": "gh:org/fastapi-docker",
+        "_repo_dir": str(tmp_path / "clones" / "fastapi-docker"),
+    }
+    origin = post.template_origin(context)
+    assert origin is not None
+    assert origin["template"] == url
+
+
+def test_a_template_outside_git_cannot_be_recorded(tmp_path: Path) -> None:
+    (tmp_path / "tpl").mkdir()
+    context = {**context_of(), "_template": str(tmp_path), "_repo_dir": str(tmp_path / "tpl")}
+    assert post.template_origin(context) is None
+    message = post.record_template(tmp_path, {**context_of(), "_repo_dir": None})
+    assert "cruft link" in message
+    assert not (tmp_path / ".cruft.json").exists()
+
+
+def test_cruft_state_has_the_answers_and_no_machine_paths() -> None:
+    context = {**context_of(), "_output_dir": "/home/me", "_repo_dir": "/tmp/x", "_checkout": None}
+    origin = {"template": "https://example.com/t.git", "commit": "c0ffee", "directory": None}
+    state = post.cruft_state(context, origin)
+    answers = state["context"]["cookiecutter"]
+    assert state["template"] == answers["_template"] == "https://example.com/t.git"
+    assert state["commit"] == answers["_commit"] == "c0ffee"
+    assert answers["project_slug"] == "my-service"
+    assert not {"_output_dir", "_repo_dir", "_checkout"} & set(answers)
+
+
+def test_an_existing_cruft_file_is_kept(tmp_path: Path) -> None:
+    (tmp_path / ".cruft.json").write_text("{}\n")
+    assert "Kept" in post.record_template(tmp_path, context_of())
+    assert (tmp_path / ".cruft.json").read_text() == "{}\n"
+
+
+def test_a_dirty_template_checkout_is_recorded_with_a_warning(tmp_path: Path) -> None:
+    commit = git_repo(tmp_path / "tpl")
+    (tmp_path / "tpl" / "cookiecutter.json").write_text('{"changed": true}')
+    template = str(tmp_path / "tpl")
+    service = tmp_path / "service"
+    service.mkdir()
+    context = {**context_of(), "_template": template, "_repo_dir": template}
+    message = post.record_template(service, context)
+    assert "uncommitted changes" in message
+    assert json.loads((service / ".cruft.json").read_text())["commit"] == commit
