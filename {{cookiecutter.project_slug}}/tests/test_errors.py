@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from starlette.types import Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.errors import ErrorMiddleware
+from {{ cookiecutter.package_name }}.errors import Dependency, ErrorMiddleware
 from {{ cookiecutter.package_name }}.logging_config import JsonFormatter, request_id_var
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.request_id import RequestIdMiddleware
@@ -208,3 +208,124 @@ async def test_other_scopes_pass_through_untouched() -> None:
     assert await call(stack(app), scope_type="lifespan") == []
     assert seen == ["lifespan"]
     assert request_id_var.get() is None
+
+
+def flaky_dependency() -> Dependency:
+    """A stand-in backing service: ConnectionError is an outage, PermissionError bad
+    credentials, BrokenPipeError a pooled connection found dead."""
+    return Dependency(
+        name="thing",
+        unavailable=lambda error: isinstance(error, ConnectionError | PermissionError),
+        misconfigured=lambda error: isinstance(error, PermissionError),
+        stale_connection=lambda error: isinstance(error, BrokenPipeError),
+    )
+
+
+async def call_method(app: ErrorMiddleware, method: str) -> list[Message]:
+    sent: list[Message] = []
+    body = [{"type": "http.request", "body": b"payload"}]
+
+    async def receive() -> Message:
+        return body.pop(0) if body else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": method, "path": "/", "headers": []}, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(("method", "status", "attempts"), [("GET", 200, 2), ("POST", 503, 1)])
+async def test_a_stale_connection_is_retried_for_reads_only(
+    method: str, status: int, attempts: int
+) -> None:
+    bodies: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        bodies.append((await receive())["body"])  # the retry reads the same body again
+        if len(bodies) == 1:
+            raise BrokenPipeError("the server closed this pooled connection")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    start, *_ = await call_method(ErrorMiddleware(app, [flaky_dependency()]), method)
+    assert start["status"] == status
+    assert bodies == [b"payload"] * attempts
+
+
+async def test_an_outage_is_a_503_with_retry_after_and_bad_credentials_an_error_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures: list[Exception] = [
+        ConnectionError("down"),
+        PermissionError("no"),
+        PermissionError("no"),
+    ]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise failures.pop(0)
+
+    middleware = ErrorMiddleware(app, [flaky_dependency()])
+    with caplog.at_level(logging.DEBUG):
+        starts = [(await call_method(middleware, "POST"))[0] for _ in range(3)]
+    assert [start["status"] for start in starts] == [503, 503, 503]
+    assert all(dict(start["headers"])[b"retry-after"] == b"5" for start in starts)
+    levels = [r.levelname for r in caplog.records if r.name.endswith("errors")]
+    assert levels == ["WARNING", "ERROR", "DEBUG"]
+
+
+async def test_a_retry_that_fails_after_starting_is_logged_and_raised() -> None:
+    calls: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise BrokenPipeError("stale")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError("mid-stream")
+
+    with pytest.raises(ValueError, match="mid-stream"):
+        await call_method(ErrorMiddleware(app, [flaky_dependency()]), "GET")
+
+
+async def test_a_retry_that_fails_again_is_answered(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise BrokenPipeError("stale twice")
+
+    start, _ = await call_method(ErrorMiddleware(app, [flaky_dependency()]), "GET")
+    assert start["status"] == 503
+
+
+async def test_invalid_input_is_a_422_problem_naming_each_field(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    @app.get("/pages")
+    async def pages(size: int) -> dict[str, int]:
+        return {"size": size}
+
+    response = await client.get("/pages", params={"size": "many"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["errors"][0]["loc"] == ["query", "size"]
+
+
+def test_the_schema_documents_problem_for_each_status_an_operation_can_return(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+
+    @app.post("/things", status_code=201)
+    async def make_thing(thing: dict[str, str], dry_run: bool = False) -> dict[str, str]:
+        return thing
+
+    schema = app.openapi()
+    assert app.openapi() is schema, "generated once"
+    assert "Problem" in schema["components"]["schemas"]
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    responses = schema["paths"]["/things"]["post"]["responses"]
+    assert {"400", "413", "422", "500"} <= set(responses)
+    for status in ("400", "413", "422", "500"):
+        content = responses[status]["content"]
+        assert content == {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    live = schema["paths"]["/health/live"]["get"]["responses"]
+    assert "422" not in live and "413" not in live, "only what the operation can return"

@@ -123,3 +123,20 @@ async def test_a_saturated_request_pool_is_busy_not_unready(
             await connection.close()
     assert response.status_code == 200, response.text
 {%- endif %}
+
+
+async def test_a_check_reports_ok_timeout_or_unreachable_and_never_the_cause() -> None:
+    async def fine() -> None:
+        return None
+
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    async def fails() -> None:
+        raise OSError("driver 1.2.3: connection refused by 10.0.0.7")
+
+    assert (await health.run_check("x", fine, 1)).status == "ok"
+    timed_out = await health.run_check("x", hangs, 0.01)
+    assert (timed_out.status, timed_out.detail) == ("timeout", "no answer within 0.01s")
+    failed = await health.run_check("x", fails, 1)
+    assert (failed.status, failed.detail) == ("error", "unreachable")
