@@ -46,6 +46,14 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("server", "gunicorn"): ("gunicorn.conf.py",),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml",),
+    ("use_metrics", True): (
+        "src/{package}/metrics.py",
+        "tests/test_metrics.py",
+    ),
+    ("use_tracing", True): (
+        "src/{package}/tracing.py",
+        "tests/test_tracing.py",
+    ),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is

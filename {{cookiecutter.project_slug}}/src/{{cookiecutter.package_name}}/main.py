@@ -9,11 +9,15 @@ from importlib.metadata import metadata
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+{%- if cookiecutter.use_tracing %}
+from opentelemetry.sdk.trace import TracerProvider
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import health
+from {{ cookiecutter.package_name }} import health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
+from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 {%- if cookiecutter.use_redis %}
 from {{ cookiecutter.package_name }}.cache import create_redis
@@ -42,16 +46,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
     settings: Settings = app.state.settings
     async with AsyncExitStack() as resources:
+{%- if cookiecutter.use_tracing %}
+        tracer_provider: TracerProvider | None = app.state.tracer_provider
+        if tracer_provider is not None:
+            # Registered first, so it runs last: spans of the shutdown are exported too.
+            resources.callback(tracing.shutdown, tracer_provider)
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
         engine = create_engine(settings)
         resources.push_async_callback(engine.dispose)
         app.state.engine = engine
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+{%- if cookiecutter.use_metrics %}
+        metrics.observe_pool(engine)
+{%- endif %}
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         redis = create_redis(settings)
         resources.push_async_callback(redis.aclose)
         app.state.redis = redis
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+        if tracer_provider is not None:
+            tracing.instrument_clients(tracer_provider{% if cookiecutter.use_postgres %}, engine{% endif %})
 {%- endif %}
         # Registered last, so it runs first: no readiness check outlives the pools.
         resources.callback(health.cancel_readiness_check, app.state)
@@ -85,7 +102,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Lets browser code read the id to quote in a bug report.
             expose_headers=["X-Request-ID"],
         )
+    # Added before the error handling so that they run inside the request-id
+    # middleware: the access line carries the request id, and an exception that
+    # escapes the app reaches them as the 500 the client gets.
+{%- if cookiecutter.use_metrics %}
+    metrics.install_metrics(app)
+{%- endif %}
+    install_access_log(app, log_probes=settings.access_log_probes)
     install_error_handling(app)
+{%- if cookiecutter.use_tracing %}
+    # In this worker, after any fork: see tracing.py.
+    app.state.tracer_provider = tracing.create_tracer_provider()
+    if app.state.tracer_provider is not None:
+        tracing.instrument_app(app, app.state.tracer_provider)
+{%- endif %}
     app.include_router(health.router)
     app.include_router(api_router)
     return app
