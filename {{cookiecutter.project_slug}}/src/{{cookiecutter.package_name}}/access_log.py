@@ -33,11 +33,17 @@ METRICS_PATH = "/metrics"
 def route_template(scope: Scope) -> str | None:
     """The matched route's template (``/api/items/{item_id}``), once routing ran.
 
-    The router stores the route it chose in the scope, so no pattern is matched
-    again here; None when no route matched (a 404).
+    The router records its choice in the scope, so no pattern is matched again
+    here; None when no route matched (a 404). Recent FastAPI keeps included
+    routers nested: ``scope["route"]`` is then the route as its router declared
+    it, without the prefixes, and the full template is in FastAPI's routing
+    context. tests/test_access_log.py checks the full template, so an upgrade
+    that moves it fails there, not silently in production.
     """
-    route = scope.get("route")
-    template: str | None = getattr(route, "path_format", None)
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    template: str | None = getattr(context, "path_format", None) or getattr(
+        scope.get("route"), "path_format", None
+    )
     return template
 
 
