@@ -89,7 +89,7 @@ async def test_a_request_is_one_trace_with_its_client_spans(
         if key in {"db.system", "db.system.name"}
     }
 {%- if cookiecutter.use_postgres %}
-    assert any(child.name in {"connect", "SELECT"} or child.name.startswith("SELECT") for child in children), [c.name for c in children]
+    assert any(child.name.startswith("SELECT") for child in children), [c.name for c in children]
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     assert any(child.name == "PING" for child in children), [c.name for c in children]
@@ -97,7 +97,7 @@ async def test_a_request_is_one_trace_with_its_client_spans(
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
     assert kinds
 {%- endif %}
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     traced = [line for line in lines if line.get("request_id") == "traced"]
     assert traced
     assert all(line["trace_id"] == server.trace_id.hex() for line in traced)
