@@ -72,7 +72,7 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-        # The server may have set its own level (uvicorn-worker sets gunicorn's).
+        # The server may have set a level of its own on them; LOG_LEVEL rules.
         logger.setLevel(logging.NOTSET)
     server_access = logging.getLogger(SERVER_ACCESS_LOGGER)
     server_access.handlers.clear()
