@@ -48,7 +48,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-redis": {"use_redis": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
     # Also an import name that differs from the distribution name.
-    "no-example-api": {"include_example_api": False, "package_name": "svc_core", "use_tracing": True},
+    "no-example-api": {
+        "include_example_api": False,
+        "package_name": "svc_core",
+        "use_tracing": True,
+    },
     "uvicorn": {"server": "uvicorn"},
 }
 
