@@ -31,7 +31,7 @@ METRICS_PATH = "/metrics"
 
 
 def route_template(scope: Scope) -> str | None:
-    """The matched route's template (``/api/items/{item_id}``), once routing ran.
+    """The matched route's template (``/api/orders/{order_id}``), once routing ran.
 
     The router records its choice in the scope, so no pattern is matched again
     here; None when no route matched (a 404). Recent FastAPI keeps included
