@@ -190,7 +190,7 @@ services:
         condition: service_healthy
   otlp-receiver:
     build: .
-    image: observe-stack:latest
+    image: {slug}:latest
     command: ["python", "/receiver/receiver.py"]
     volumes:
       - ./otlp_receiver:/receiver:ro
@@ -205,17 +205,25 @@ services:
 STACK_GROUP = pytest.mark.xdist_group("observability-stack")
 
 
-@pytest.fixture(scope="module")
-def observed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
-    """The default service with tracing on, three workers, and a trace receiver beside it."""
+@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+def observed_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComposeStack]:
+    """The default service with tracing on, three workers, and a trace receiver beside it,
+    under each server choice."""
     require_docker()
+    server: str = request.param
     project = bake(
-        tmp_path_factory.mktemp("observe"), project_name="Observe Stack", use_tracing=True
+        tmp_path_factory.mktemp(f"observe-{server}"),
+        project_name=f"Observe {server}",
+        use_tracing=True,
+        server=server,
     )
     (project / "otlp_receiver").mkdir()
     (project / "otlp_receiver" / "receiver.py").write_text(RECEIVER)
-    (project / "compose.observe.yaml").write_text(OVERRIDE)
-    stack = ComposeStack(project, "observe")
+    # The receiver runs on the service's own image: it has opentelemetry-proto.
+    (project / "compose.observe.yaml").write_text(OVERRIDE.replace("{slug}", project.name))
+    stack = ComposeStack(project, f"observe-{server}")
     stack.env["COMPOSE_FILE"] = "compose.yaml:compose.observe.yaml"
     try:
         stack.up(build=True)
@@ -324,7 +332,7 @@ def test_a_request_is_one_trace_with_its_sql_and_redis_spans(stack: ComposeStack
     assert trace_id, "no log line for the traced request"
     [server] = [s for s in trace if s["parent_span_id"] == ""]
     assert server["attributes"].get("http.route") == "/health/ready"
-    assert server["service"] == "observe-stack"
+    assert server["service"] == stack.project.name  # the project slug
     children = [s for s in trace if s["parent_span_id"] == server["span_id"]]
     names = [s["name"] for s in children]
     assert any(name.startswith("SELECT") for name in names), names

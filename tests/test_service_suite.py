@@ -40,7 +40,8 @@ def backing_services(
     return env
 
 
-@pytest.mark.parametrize("variant", ["default", "all-off"])
+# no-example-api: the generated tracing tests too.
+@pytest.mark.parametrize("variant", ["default", "all-off", "no-example-api"])
 def test_generated_suite_passes(
     variant: str, tmp_path: Path, compose_stack: Callable[[Path, str], ComposeStack]
 ) -> None:
