@@ -89,17 +89,19 @@ def send_marked_requests(base: str) -> None:
         headers = {"X-Request-ID": f"marked-{n}", "User-Agent": "obs-test"}
         httpx.get(f"{base}/health/live", headers=headers, timeout=5)
     httpx.get(f"{base}/no/such/page", headers={"X-Request-ID": "marked-404"}, timeout=5)
+    # From a trusted proxy (FORWARDED_ALLOW_IPS=127.0.0.1): the client is the one it names.
+    forwarded = {"X-Request-ID": "marked-fwd", "X-Forwarded-For": "203.0.113.9"}
+    httpx.get(f"{base}/health/live", headers=forwarded, timeout=5)
 
 
 @pytest.mark.xdist_group("observability-host")
-@pytest.mark.parametrize(("level", "expected"), [("INFO", 6), ("WARNING", 0)])
+@pytest.mark.parametrize(("level", "expected"), [("INFO", 7), ("WARNING", 0)])
 def test_the_app_writes_the_only_access_lines_and_log_level_governs_them(
     server_project: tuple[str, Path], level: str, expected: int
 ) -> None:
     variant, project = server_project
-    output = serve_and_collect(
-        project, {"LOG_LEVEL": level, "ACCESS_LOG_PROBES": "true"}, send_marked_requests
-    )
+    settings = {"LOG_LEVEL": level, "ACCESS_LOG_PROBES": "true", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    output = serve_and_collect(project, settings, send_marked_requests)
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
     # No server access line in any form: uvicorn's, gunicorn's, or as plain text.
     assert not [line for line in lines if line["logger"] in {"uvicorn.access", "gunicorn.access"}]
@@ -119,6 +121,7 @@ def test_the_app_writes_the_only_access_lines_and_log_level_governs_them(
         assert by_id["marked-0"]["client"] == "127.0.0.1"
         assert by_id["marked-404"]["route"] is None
         assert by_id["marked-404"]["status"] == 404
+        assert by_id["marked-fwd"]["client"] == "203.0.113.9"
 
 
 # --- metrics and traces on the real stack ----------------------------------------------------

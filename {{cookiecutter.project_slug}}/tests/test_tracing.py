@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.tracing import create_tracer_provider
 
 
 class Receiver(ThreadingHTTPServer):
@@ -57,6 +58,17 @@ def test_without_an_endpoint_nothing_is_set_up(
     app = create_app(settings)
     assert app.state.tracer_provider is None
     assert {thread.name for thread in threading.enumerate()} == threads
+
+
+def test_the_standard_variables_name_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "renamed")
+    provider = create_tracer_provider()
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "renamed"
+    finally:
+        provider.shutdown()
 
 
 async def test_a_request_is_one_trace_with_its_client_spans(
