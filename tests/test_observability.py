@@ -51,6 +51,10 @@ def serve_and_collect(project: Path, env: dict[str, str], requests: Callable[[st
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     output = project / f"server-{uuid.uuid4().hex[:6]}.log"
+    # What an earlier run left behind: the server must empty the directory at start.
+    stale = project / "metrics" / "counter_999999.db"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"stale")
     environment = {
         **os.environ,
         "PORT": str(port),
@@ -77,6 +81,7 @@ def serve_and_collect(project: Path, env: dict[str, str], requests: Callable[[st
                     "the server did not start\n" + output.read_text()
                 )
                 time.sleep(0.2)
+            assert not stale.exists(), "the metrics directory was not emptied at start"
             requests(base)
         finally:
             server.send_signal(signal.SIGTERM)
