@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from tests.compose import STACKS_KEY, ComposeStack
-from tests.helpers import VARIANTS, bake, require_docker, run
+from tests.helpers import IN_CI, VARIANTS, bake, require_docker, run
 
 # --- the access log under each server (host processes) ---------------------------------------
 
@@ -345,3 +346,54 @@ def test_a_request_is_one_trace_with_its_sql_and_redis_spans(stack: ComposeStack
     names = [s["name"] for s in children]
     assert any(name.startswith("SELECT") for name in names), names
     assert "PING" in names, names
+
+
+@pytest.mark.docker
+@STACK_GROUP
+def test_a_prometheus_server_scrapes_the_exact_count(stack: ComposeStack, tmp_path: Path) -> None:
+    """Debian's prometheus scrapes the published port; PromQL sees every request once."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("prometheus is missing; .ci/run installs it", pytrace=False)
+        pytest.skip("prometheus (the Debian package) is not installed")
+    port = free_port()
+    app = f"127.0.0.1:{stack.port('app', 8000)}"
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: service\n    static_configs: [{{targets: ['{app}']}}]\n"
+    )
+    server = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    query = 'sum(http_requests_total{route="/api/items/{item_id}",status="200"})'
+
+    def promql() -> float | None:
+        try:
+            answer = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=5
+            ).json()
+        except httpx.HTTPError:
+            return None
+        result = answer["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    try:
+        created = httpx.post(stack.url("/api/items"), json={"name": "scraped"}, timeout=10)
+        item_url = stack.url(f"/api/items/{created.json()['id']}")
+        before = item_requests(parse_exposition(stack.get("/metrics").text), "http_requests_total")
+        sent = 25
+        for _ in range(sent):
+            assert httpx.get(item_url, timeout=10).status_code == 200
+        deadline = time.monotonic() + 60
+        seen = promql()
+        while seen != before + sent and time.monotonic() < deadline:
+            time.sleep(1)
+            seen = promql()
+        assert seen == before + sent, f"PromQL says {seen}, expected {before + sent}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
