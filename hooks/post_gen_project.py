@@ -51,6 +51,14 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("server", "uvicorn"): ("tests/test_entrypoint_uvicorn.py",),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml", "renovate.json"),
+    ("use_metrics", True): (
+        "src/{package}/metrics.py",
+        "tests/test_metrics.py",
+    ),
+    ("use_tracing", True): (
+        "src/{package}/tracing.py",
+        "tests/test_tracing.py",
+    ),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is

@@ -55,6 +55,8 @@ DEPENDENCY_MODULES = frozenset(
         "httpx",
         "migrations",
         "mypy",
+        "opentelemetry",
+        "prometheus_client",
         "pydantic",
         "pydantic_settings",
         "pytest",

@@ -82,8 +82,10 @@ class ComposeStack:
             time.sleep(1)
         raise AssertionError(f"{service} not healthy within {timeout}s")
 
-    def get(self, path: str, timeout: float = 5) -> httpx.Response:
-        return httpx.get(self.url(path), timeout=timeout)
+    def get(
+        self, path: str, timeout: float = 5, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        return httpx.get(self.url(path), timeout=timeout, headers=headers)
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, volumes and networks still labelled with this project."""

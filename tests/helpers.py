@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "server": "uvicorn",
         "ci": "none",
         "license": "Proprietary",
+        "use_metrics": False,
     },
     "py312-pg16-redis7-gitlab": {
         "python_version": "3.12",
@@ -45,9 +46,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "license": "BSD-3-Clause",
     },
     "no-redis": {"use_redis": False},
-    "no-postgres": {"use_postgres": False, "include_example_api": False},
+    "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
     # Also an import name that differs from the distribution name.
-    "no-example-api": {"include_example_api": False, "package_name": "svc_core"},
+    "no-example-api": {
+        "include_example_api": False,
+        "package_name": "svc_core",
+        "use_tracing": True,
+    },
     "uvicorn": {"server": "uvicorn"},
 }
 

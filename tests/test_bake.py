@@ -29,6 +29,13 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
     "use_redis": re.compile(r"redis", re.IGNORECASE),
     "use_postgres": re.compile(r"postgres|sqlalchemy|alembic|asyncpg|migrat", re.IGNORECASE),
     "include_example_api": re.compile(r"(?<!\.)\bitems?\b|models\.py", re.IGNORECASE),
+    "use_metrics": re.compile(r"prometheus|metrics", re.IGNORECASE),
+    # FastAPI itself depends on opentelemetry-api: only the SDK side is ours.
+    "use_tracing": re.compile(
+        r"opentelemetry[-_.](sdk|exporter|instrumentation)|from opentelemetry|\botel_|tracing"
+        r"|trace_id|span_id",
+        re.IGNORECASE,
+    ),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.

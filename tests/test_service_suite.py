@@ -45,7 +45,8 @@ def backing_services(
 COVERAGE_FLOOR = 90
 
 
-@pytest.mark.parametrize("variant", ["default", "all-off"])
+# no-example-api: the generated tracing tests too.
+@pytest.mark.parametrize("variant", ["default", "all-off", "no-example-api"])
 def test_generated_suite_passes(
     variant: str,
     tmp_path: Path,

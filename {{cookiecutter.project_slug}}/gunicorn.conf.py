@@ -1,4 +1,11 @@
 """gunicorn settings, evaluated once in the master before any worker starts."""
+{%- if cookiecutter.use_metrics %}
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.settings import load_settings
 
@@ -6,6 +13,9 @@ from {{ cookiecutter.package_name }}.settings import load_settings
 # a bad variable stops the master instead of crash-looping every worker.
 _settings = load_settings()
 
+# Loaded in each worker after the fork (no preload_app){% if cookiecutter.use_tracing %}: tracing's export
+# thread{% if cookiecutter.use_metrics %} and the metrics files{% endif %} must belong to the worker{% elif cookiecutter.use_metrics %}: the metrics files
+# must belong to the worker{% endif %}.
 wsgi_app = "{{ cookiecutter.package_name }}.main:create_app()"
 # uvicorn-worker replaces the deprecated uvicorn.workers module.
 worker_class = "uvicorn_worker.UvicornWorker"
@@ -20,9 +30,9 @@ graceful_timeout = 25
 timeout = 60
 keepalive = _settings.keepalive_seconds
 
-# Access and error logs to stdout, as JSON lines like the app's own (the
-# workers route uvicorn's access log, with request ids, to the same handler).
-accesslog = "-"
+# Error logs to stdout, as JSON lines like the app's own. No server access log:
+# the app writes one JSON line per request itself (access_log.py).
+accesslog = None
 loglevel = _settings.log_level.lower()
 logconfig_dict = {
     "version": 1,
@@ -38,7 +48,6 @@ logconfig_dict = {
     "root": {"handlers": ["stdout"], "level": _settings.log_level},
     "loggers": {
         "gunicorn.error": {"handlers": [], "propagate": True},
-        "gunicorn.access": {"handlers": [], "propagate": True},
     },
 }
 # The gunicornc control socket wants a writable $HOME; the container has none,
@@ -47,3 +56,26 @@ control_socket_disable = True
 # Workers heartbeat through a file: keep it in memory, which also works on a
 # read-only root file system without any tmpfs mounted.
 worker_tmp_dir = "/dev/shm"  # noqa: S108 - a heartbeat file, not data
+{%- if cookiecutter.use_metrics %}
+
+
+def on_starting(server: Any) -> None:
+    """Start every run with an empty metrics directory.
+
+    Workers write their counters there (PROMETHEUS_MULTIPROC_DIR, set in the
+    image); files of an earlier run would be added to this run's figures.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        Path(directory).mkdir(parents=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Stop counting an exited worker's in-progress and pool gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Imported here, in the master, only once the directory variable is set.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+{%- endif %}

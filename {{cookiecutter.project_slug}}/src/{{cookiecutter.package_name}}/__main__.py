@@ -11,6 +11,11 @@ import sys
 
 from {{ cookiecutter.package_name }}.settings import load_settings
 {% else %}
+{%- if cookiecutter.use_metrics %}
+import os
+import shutil
+from pathlib import Path
+{% endif %}
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
 from {{ cookiecutter.package_name }}.settings import load_settings
 {% endif %}
@@ -28,6 +33,14 @@ def main() -> None:
     settings = load_settings()
     # JSON logs from the supervising process too, not only from the workers.
     configure_logging(settings.log_level)
+{%- if cookiecutter.use_metrics %}
+    # Workers write their metrics there (set in the image); start every run
+    # empty, or an earlier run's counts would be added to this one's.
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        Path(metrics_dir).mkdir(parents=True)
+{%- endif %}
     import uvicorn
 
     uvicorn.run(
@@ -43,6 +56,8 @@ def main() -> None:
         # stop_grace_period is a little longer, so Docker never cuts them short.
         timeout_graceful_shutdown=25,
         log_config=None,
+        # The app writes its own access line (access_log.py).
+        access_log=False,
     )
 {%- endif %}
 

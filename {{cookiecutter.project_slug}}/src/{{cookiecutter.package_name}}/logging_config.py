@@ -7,8 +7,16 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+{%- if cookiecutter.use_tracing %}
 
-SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access"{% if cookiecutter.server == "gunicorn" %}, "gunicorn.error"{% endif %})
+from opentelemetry import trace
+{%- endif %}
+
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error"{% if cookiecutter.server == "gunicorn" %}, "gunicorn.error"{% endif %})
+# The server's own access line is replaced by the app's (access_log.py), which has
+# the route, the duration and the request id as fields. uvicorn writes its line
+# only while this logger has a handler somewhere, so without one it costs nothing.
+SERVER_ACCESS_LOGGER = "uvicorn.access"
 
 # Set per request by the request-id middleware; read by every log record.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -34,6 +42,13 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             payload["request_id"] = request_id
+{%- if cookiecutter.use_tracing %}
+        # Hex ids as in W3C traceparent, so a log line leads to its trace and back.
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            payload["trace_id"] = format(span.trace_id, "032x")
+            payload["span_id"] = format(span.span_id, "016x")
+{%- endif %}
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and key not in payload:
                 payload[key] = value
@@ -43,7 +58,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
-    """Route the root and the server's loggers through one JSON handler."""
+    """Route the root and the server's loggers through one JSON handler.
+
+    Every logger, the app's access log included, takes its level from the root,
+    so LOG_LEVEL governs all of them under either server.
+    """
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -53,3 +72,8 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        # The server may have set a level of its own on them; LOG_LEVEL rules.
+        logger.setLevel(logging.NOTSET)
+    server_access = logging.getLogger(SERVER_ACCESS_LOGGER)
+    server_access.handlers.clear()
+    server_access.propagate = False

@@ -10,11 +10,15 @@ from importlib.metadata import metadata
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+{%- if cookiecutter.use_tracing %}
+from opentelemetry.sdk.trace import TracerProvider
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import {% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health
+from {{ cookiecutter.package_name }} import {% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
+from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
 from {{ cookiecutter.package_name }}.errors import Dependency, install_error_handling
@@ -39,6 +43,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
     settings: Settings = app.state.settings
     async with AsyncExitStack() as resources:
+{%- if cookiecutter.use_tracing %}
+        tracer_provider: TracerProvider | None = app.state.tracer_provider
+        if tracer_provider is not None:
+            # Registered first, so it runs last: spans of the shutdown are exported too.
+            resources.callback(tracing.shutdown, tracer_provider)
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
         engine = db.create_engine(settings)
         resources.push_async_callback(engine.dispose)
@@ -48,11 +58,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         health_engine = db.create_engine(settings, pool_size=1, max_overflow=0)
         resources.push_async_callback(health_engine.dispose)
         app.state.health_engine = health_engine
+{%- if cookiecutter.use_metrics %}
+        metrics.observe_pool(engine)
+{%- endif %}
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         redis = cache.create_redis(settings)
         resources.push_async_callback(redis.aclose)
         app.state.redis = redis
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+        if tracer_provider is not None:
+            tracing.instrument_clients(tracer_provider{% if cookiecutter.use_postgres %}, engine{% endif %})
 {%- endif %}
         # Registered last, so it runs first: no readiness check outlives the pools.
         resources.push_async_callback(health.cancel_readiness_check, app.state)
@@ -93,6 +110,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dependencies.append(cache.FAILURES)
 {%- endif %}
     install_error_handling(app, dependencies)
+    # Outside the error handling and inside the request id: they see the response the
+    # client gets (the problem a failure became) and log it with the request's id.
+{%- if cookiecutter.use_metrics %}
+    metrics.install_metrics(app)
+{%- endif %}
+    install_access_log(app, log_probes=settings.access_log_probes)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         # Outermost, so every response, the error responses built inside included,
@@ -105,6 +128,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Lets browser code read the id to quote in a bug report.
             expose_headers=["X-Request-ID"],
         )
+{%- if cookiecutter.use_tracing %}
+    # In this worker, after any fork: see tracing.py.
+    app.state.tracer_provider = tracing.create_tracer_provider()
+    if app.state.tracer_provider is not None:
+        tracing.instrument_app(app, app.state.tracer_provider)
+{%- endif %}
     app.include_router(health.router)
     app.include_router(api_router)
     return app

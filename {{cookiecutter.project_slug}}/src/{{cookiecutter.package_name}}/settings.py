@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     # Idle keep-alive connections are closed after this long. Behind a load balancer, set it
     # above the balancer's idle timeout (AWS ALB: 60 s).
     keepalive_seconds: int = Field(default=5, ge=1)
+    # Log probe requests (/health/*{% if cookiecutter.use_metrics %}, /metrics{% endif %}) too; off, they would bury the traffic.
+    access_log_probes: bool = False
 
     @field_validator("log_level", mode="before")
     @classmethod

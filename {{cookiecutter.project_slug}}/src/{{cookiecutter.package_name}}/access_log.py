@@ -1,0 +1,112 @@
+"""The access log: one JSON line per request, written by the app, not the server.
+
+The server's line is a sentence (``"GET /x HTTP/1.1" 200``); this one has
+fields a log query can filter on: method, path, route template, status,
+duration, request id, client address and user agent.
+
+Plain ASGI (not BaseHTTPMiddleware): no extra task per request, and it runs
+inside the request-id middleware, so the request id is set while it logs and an
+exception that escapes the app reaches it (logged as the 500 the client gets;
+the traceback is the request-id middleware's own line, with the same id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from {{ cookiecutter.package_name }}.logging_config import request_id_var
+
+logger = logging.getLogger("{{ cookiecutter.package_name }}.access")
+
+# Polled every few seconds by the orchestrator{% if cookiecutter.use_metrics %} and by Prometheus{% endif %}: logging each
+# poll would bury the real traffic (ACCESS_LOG_PROBES=true logs them too).
+PROBE_PREFIX = "/health/"
+{%- if cookiecutter.use_metrics %}
+METRICS_PATH = "/metrics"
+{%- endif %}
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's template (``/api/orders/{order_id}``), once routing ran.
+
+    The router records its choice in the scope, so no pattern is matched again
+    here; None when no route matched (a 404). Recent FastAPI keeps included
+    routers nested: ``scope["route"]`` is then the route as its router declared
+    it, without the prefixes, and the full template is in FastAPI's routing
+    context. tests/test_access_log.py checks the full template, so an upgrade
+    that moves it fails there, not silently in production.
+    """
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    template: str | None = getattr(context, "path_format", None) or getattr(
+        scope.get("route"), "path_format", None
+    )
+    return template
+
+
+def is_probe(path: str) -> bool:
+    return path.startswith(PROBE_PREFIX){% if cookiecutter.use_metrics %} or path == METRICS_PATH{% endif %}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, *, log_probes: bool = False) -> None:
+        self.app = app
+        self.log_probes = log_probes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            # LOG_LEVEL=WARNING and above: nothing to write, so nothing to measure.
+            or not logger.isEnabledFor(logging.INFO)
+            or (not self.log_probes and is_probe(scope["path"]))
+        ):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        # What the client gets if the app raises before it answered.
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            # After the proxy-headers middleware: the real client when the
+            # request came through a trusted proxy (FORWARDED_ALLOW_IPS).
+            client = scope.get("client")
+            logger.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route_template(scope),
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "request_id": request_id_var.get(),
+                    "client": client[0] if client else None,
+                    "user_agent": _header(scope, b"user-agent"),
+                },
+            )
+
+
+def install_access_log(app: FastAPI, *, log_probes: bool) -> None:
+    app.add_middleware(AccessLogMiddleware, log_probes=log_probes)

@@ -1,0 +1,107 @@
+"""OpenTelemetry tracing, exported over OTLP/HTTP.
+
+Off unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+is set: then no provider, no exporter thread and no instrumentation exist. The
+SDK reads the other standard variables itself (OTEL_SERVICE_NAME,
+OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_HEADERS, ...);
+the service name defaults to "{{ cookiecutter.project_slug }}".
+
+The provider is made by create_app, which runs in each worker after the fork
+(the app is never preloaded in a parent process): the batch span processor's
+export thread would not survive a fork. The lifespan instruments the clients
+and, at shutdown, flushes the spans still buffered.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+{%- if cookiecutter.use_redis %}
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+{%- endif %}
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+{%- if cookiecutter.use_postgres %}
+from sqlalchemy.ext.asyncio import AsyncEngine
+{%- endif %}
+
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+DEFAULT_SERVICE_NAME = "{{ cookiecutter.project_slug }}"
+
+
+def tracing_configured() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return any(os.environ.get(name) for name in ENDPOINT_VARIABLES)
+
+
+def create_tracer_provider() -> TracerProvider | None:
+    """A provider exporting in batches to the configured endpoint, or None."""
+    if not tracing_configured():
+        return None
+    # The default name first, then OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES over it.
+    resource = Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAME}).merge(
+        OTELResourceDetector().detect()
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # Global too, so spans the service's own code starts (trace.get_tracer)
+    # join the request's trace. Only the first provider of a process can be.
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        # One span per request, not one more per ASGI message sent or received.
+        exclude_spans=["receive", "send"],
+    )
+
+
+def instrument_clients(provider: TracerProvider{% if cookiecutter.use_postgres %}, engine: AsyncEngine{% endif %}) -> None:
+    """Spans for every {% if cookiecutter.use_postgres %}SQL statement, {% endif %}{% if cookiecutter.use_redis %}Redis command, {% endif %}and outgoing httpx request."""
+{%- if cookiecutter.use_postgres %}
+    # Its declared range lags SQLAlchemy releases (it refuses 2.1 although the
+    # event API it uses is unchanged); tests/test_tracing.py proves the SQL span.
+    SQLAlchemyInstrumentor().instrument(
+        engine=engine.sync_engine, tracer_provider=provider, skip_dep_check=True
+    )
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    RedisInstrumentor().instrument(tracer_provider=provider)
+{%- endif %}
+    # httpx is not a runtime dependency until the service calls out with it;
+    # instrumenting a missing library would log an error at every start.
+    if importlib.util.find_spec("httpx") is not None:
+        HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+
+
+def shutdown(provider: TracerProvider) -> None:
+    """Undo the client instrumentation and export the spans still buffered."""
+    instrumentors: list[BaseInstrumentor] = [
+        HTTPXClientInstrumentor(),
+{%- if cookiecutter.use_postgres %}
+        SQLAlchemyInstrumentor(),
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+        RedisInstrumentor(),
+{%- endif %}
+    ]
+    for instrumentor in instrumentors:
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+    provider.shutdown()

@@ -1,0 +1,115 @@
+"""Tracing: off without an endpoint; with one, a request's spans reach an OTLP/HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from httpx import ASGITransport, AsyncClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.tracing import create_tracer_provider
+
+
+class Receiver(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.requests: list[ExportTraceServiceRequest] = []
+
+
+class ReceiverHandler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append(ExportTraceServiceRequest.FromString(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
+def test_without_an_endpoint_nothing_is_set_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    threads = {thread.name for thread in threading.enumerate()}
+    app = create_app(settings)
+    assert app.state.tracer_provider is None
+    assert {thread.name for thread in threading.enumerate()} == threads
+
+
+def test_the_standard_variables_name_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "renamed")
+    provider = create_tracer_provider()
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "renamed"
+    finally:
+        provider.shutdown()
+
+
+async def test_a_request_is_one_trace_with_its_client_spans(
+    settings: Settings, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Probes are not access-logged by default; this one's line must carry the trace.
+    app = create_app(settings.model_copy(update={"access_log_probes": True}))
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.get("/health/ready", headers={"X-Request-ID": "traced"})
+    # Leaving the lifespan flushed the buffered spans.
+    assert response.status_code == 200
+    spans = [
+        (resource.resource, span)
+        for request in receiver.requests
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    [(resource, server)] = [(r, s) for r, s in spans if s.name == "GET /health/ready"]
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert attributes["service.name"] == "{{ cookiecutter.project_slug }}"
+    children = [s for _, s in spans if s.parent_span_id == server.span_id]
+    assert all(child.trace_id == server.trace_id for child in children)
+    kinds = {
+        key
+        for child in children
+        for key in (a.key for a in child.attributes)
+        if key in {"db.system", "db.system.name"}
+    }
+{%- if cookiecutter.use_postgres %}
+    assert any(child.name.startswith("SELECT") for child in children), [c.name for c in children]
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    assert any(child.name == "PING" for child in children), [c.name for c in children]
+{%- endif %}
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+    assert kinds
+{%- endif %}
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    traced = [line for line in lines if line.get("request_id") == "traced"]
+    assert traced
+    assert all(line["trace_id"] == server.trace_id.hex() for line in traced)
