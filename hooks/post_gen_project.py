@@ -44,6 +44,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_items.py",
     ),
     ("server", "gunicorn"): ("gunicorn.conf.py",),
+    ("use_kubernetes", True): ("deploy/kubernetes",),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml",),
 }
@@ -56,6 +57,9 @@ PLACEHOLDER_VALUE = "change-me"
 URL_PASSWORDS = {"DATABASE_URL": "POSTGRES_PASSWORD", "REDIS_URL": "REDIS_PASSWORD"}
 
 UV_LOCK_TIMEOUT_SECONDS = 300
+
+# The local Kubernetes overlay's secrets (git-ignored), made like .env from its example.
+LOCAL_CLUSTER_SECRETS = "deploy/kubernetes/overlays/local/secrets.env"
 
 
 def paths_to_remove(
@@ -108,10 +112,10 @@ def generate_secrets(env_example: str, token: Callable[[], str] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def write_env(project_dir: Path) -> None:
+def write_env(project_dir: Path, example: str = ".env.example", target: str = ".env") -> None:
     """Write .env readable by its owner only, from the first byte on."""
-    text = generate_secrets((project_dir / ".env.example").read_text())
-    descriptor = os.open(project_dir / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    text = generate_secrets((project_dir / example).read_text())
+    descriptor = os.open(project_dir / target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as env:
         env.write(text)
 
@@ -166,6 +170,8 @@ def main() -> int:
     project_dir = Path.cwd()
     remove_paths(project_dir, paths_to_remove(context))
     write_env(project_dir)
+    if (project_dir / f"{LOCAL_CLUSTER_SECRETS}.example").exists():
+        write_env(project_dir, f"{LOCAL_CLUSTER_SECRETS}.example", LOCAL_CLUSTER_SECRETS)
     print(next_steps(context, lock_dependencies(project_dir)))
     return 0
 

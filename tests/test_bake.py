@@ -29,6 +29,7 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
     "use_redis": re.compile(r"redis", re.IGNORECASE),
     "use_postgres": re.compile(r"postgres|sqlalchemy|alembic|asyncpg|migrat", re.IGNORECASE),
     "include_example_api": re.compile(r"(?<!\.)\bitems?\b|models\.py", re.IGNORECASE),
+    "use_kubernetes": re.compile(r"kubernetes|kustomiz|kubectl", re.IGNORECASE),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.
