@@ -526,7 +526,7 @@ def test_kind_workflow_deploys_the_local_overlay_and_curls_readiness() -> None:
         "kind load docker-image",
         "kubectl apply -k deploy/kubernetes/overlays/local",
         "wait --for=condition=complete",
-        "rollout status deployment/",
+        "rollout status",
         "port-forward",
         "/health/ready",
     ):
