@@ -423,6 +423,7 @@ def test_every_pod_is_hardened(
     for workload, template in pod_specs(docs_for(name, overlay, tmp_path_factory)):
         pod = template["spec"]
         assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -1,0 +1,245 @@
+"""Layer 5: the local overlay's rendered pod specs, run under Docker as a kubelet would.
+
+One image (the default bake) is built once. PostgreSQL and Redis run from the
+overlay's own images, commands and env, on a private network under their
+Service names, so the app's Secret URLs resolve as in the cluster. Then, in
+order: the Deployment's wait-for-schema init container waits; the migration
+Job's container exits 0; the init container lets go; the app container passes
+its startup, readiness and liveness probes polled with the spec's periods and
+thresholds; and a stop (preStop pause, then SIGTERM) lets an in-flight
+request finish within terminationGracePeriodSeconds.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import machine_load, require_docker, run
+from tests.kubelet import (
+    docker,
+    docker_run_command,
+    exec_probe,
+    http_probe,
+    published_port,
+    resolve_env,
+    run_probe,
+)
+from tests.kubernetes import baked, context, one, render_text
+
+import yaml
+
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("kubernetes-docker")]
+
+COMBINATION = "default"
+
+
+class Pods:
+    """The rendered local overlay, its built image and the containers started from it."""
+
+    def __init__(self, project: Path, docs: list[dict[str, Any]]) -> None:
+        self.project = project
+        self.docs = docs
+        self.id = f"fdt-k8s-{uuid.uuid4().hex[:8]}"
+        self.network = self.id
+        self.image = f"{self.id}:local"
+        self.containers: list[str] = []
+        slug = context(COMBINATION)["project_slug"]
+        self.deployment = one(docs, "Deployment", slug)
+        self.job = one(docs, "Job")
+        self.pod = self.deployment["spec"]["template"]["spec"]
+        self.app = next(c for c in self.pod["containers"] if c["name"] == "app")
+        self.spec_image = self.app["image"]
+
+    def build(self) -> None:
+        # Compose builds with BuildKit (the Dockerfile's cache mounts need it)
+        # under a name of our own, so parallel tests never share a tag.
+        compose = self.project.parent / f"{self.id}-build.yaml"
+        compose.write_text(yaml.safe_dump({"services": {"image": {"build": str(self.project), "image": self.image}}}))
+        with machine_load(exclusive=False):
+            run(["docker", "compose", "-f", str(compose), "-p", self.id, "build"], self.project, timeout=900)
+
+    def start(self, pod: dict[str, Any], container: dict[str, Any], suffix: str, *, alias: str | None = None,
+              publish: bool = False, hardened: bool = True) -> str:
+        name = f"{self.id}-{suffix}"
+        image = self.image if container["image"] == self.spec_image else container["image"]
+        if hardened:
+            command = docker_run_command(pod, container, self.docs, name=name, network=self.network, image=image, publish=publish)
+        else:
+            # The databases' stand-in images here differ from the official ones in
+            # their users; run them with the spec's image, command, args and env only.
+            bare = {k: v for k, v in container.items() if k not in {"securityContext", "volumeMounts", "resources"}}
+            command = docker_run_command({}, bare, self.docs, name=name, network=self.network, image=image)
+        if alias:
+            command[command.index("--network") + 2 : command.index("--network") + 2] = ["--network-alias", alias]
+        docker(*command[1:])
+        self.containers.append(name)
+        return name
+
+    def logs(self, name: str) -> str:
+        result = docker("logs", name, check=False)
+        return result.stdout + result.stderr
+
+    def remove(self) -> None:
+        for name in self.containers:
+            docker("rm", "--force", "--volumes", name, check=False)
+        docker("network", "rm", self.network, check=False)
+        docker("image", "rm", "--force", self.image, check=False)
+
+
+def wait_exit(name: str, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name).stdout.split()
+        if state[0] == "exited":
+            return int(state[1])
+        time.sleep(0.5)
+    raise AssertionError(f"{name} still running after {seconds:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
+    require_docker()
+    project = baked(COMBINATION, tmp_path_factory)
+    docs = [d for d in yaml.safe_load_all(render_text(project, "local")) if d]
+    pods = Pods(project, docs)
+    assert pods.spec_image == f"{context(COMBINATION)['project_slug']}:local"
+    try:
+        pods.build()
+        docker("network", "create", pods.network)
+        for service in ("postgres", "redis"):
+            statefulset = one(docs, "StatefulSet", service)
+            template = statefulset["spec"]["template"]["spec"]
+            container = template["containers"][0]
+            name = pods.start(template, container, service, alias=service, hardened=False)
+            # Ready by the spec's own readiness command, polled as the kubelet would.
+            run_probe({**container["startupProbe"]}, lambda probe, n=name: exec_probe(probe, n))
+        yield pods
+    finally:
+        pods.remove()
+
+
+@pytest.fixture(scope="module")
+def migrated(pods: Pods, record_property_module: list[str]) -> Pods:
+    gate_spec = pods.pod["initContainers"][0]
+    gate = pods.start(pods.pod, gate_spec, "wait-for-schema")
+    # The init container must still be waiting: nothing has migrated yet.
+    time.sleep(6)
+    state = docker("inspect", "--format", "{{.State.Status}}", gate).stdout.strip()
+    assert state == "running", f"wait-for-schema {state} before the Job ran:\n{pods.logs(gate)}"
+    assert "waiting for the migration Job" in pods.logs(gate)
+    job_pod = pods.job["spec"]["template"]["spec"]
+    started = time.monotonic()
+    job = pods.start(job_pod, job_pod["containers"][0], "migrate")
+    code = wait_exit(job, min(pods.job["spec"]["activeDeadlineSeconds"], 180))
+    assert code == 0, pods.logs(job)
+    record_property_module.append(f"migration Job container: exit 0 in {time.monotonic() - started:.1f} s")
+    assert wait_exit(gate, 30) == 0, pods.logs(gate)
+    return pods
+
+
+@pytest.fixture(scope="module")
+def record_property_module() -> list[str]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def app(migrated: Pods) -> str:
+    name = migrated.start(migrated.pod, migrated.app, "app", publish=True)
+    return name
+
+
+def test_the_job_migrates_and_the_gate_waits_for_it(migrated: Pods, record_property: Any,
+                                                   record_property_module: list[str]) -> None:
+    for figure in record_property_module:
+        record_property("figure", figure)
+    env = resolve_env(migrated.job["spec"]["template"]["spec"]["containers"][0], migrated.docs)
+    assert set(env) == {"DATABASE_URL"}
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+
+
+def test_app_probes_pass_as_the_kubelet_polls_them(migrated: Pods, app: str, record_property: Any) -> None:
+    ports = {p["name"]: p["containerPort"] for p in migrated.app["ports"]}
+    host = {port: published_port(app, port) for port in ports.values()}
+    started = time.monotonic()
+
+    def probe(spec: dict[str, Any]) -> bool:
+        return http_probe(spec, ports, host)
+
+    try:
+        startup = run_probe(migrated.app["startupProbe"], probe)
+        ready = run_probe(migrated.app["readinessProbe"], probe)
+        alive = run_probe(migrated.app["livenessProbe"], probe)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{migrated.logs(app)[-4000:]}") from None
+    record_property(
+        "figure",
+        f"app pod: started after {startup} startup probe(s), ready after {ready}, "
+        f"live after {alive}; {time.monotonic() - started:.1f} s",
+    )
+
+
+def test_app_runs_with_the_spec_hardening_in_effect(migrated: Pods, app: str) -> None:
+    script = (
+        "import os, pathlib\n"
+        "status = pathlib.Path('/proc/self/status').read_text()\n"
+        "print(os.getuid(), os.getgid())\n"
+        "print([l.split()[1] for l in status.splitlines() if l.startswith(('CapEff', 'NoNewPrivs'))])\n"
+        "pathlib.Path('/tmp/ok').write_text('x')\n"
+        "try:\n    pathlib.Path('/app/x').write_text('x')\nexcept OSError as e:\n    print('ro', e.errno)\n"
+    )
+    out = docker("exec", app, "python", "-c", script).stdout.split("\n")
+    assert out[0] == "10001 10001"
+    assert out[1] == "['0000000000000000', '1']", out[1]
+    assert out[2] == "ro 30", "the root file system is writable"  # EROFS
+    inspect = docker("inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.ReadonlyRootfs}}", app).stdout.split()
+    assert inspect == ["536870912", "true"]
+
+
+def test_stop_drains_then_finishes_the_in_flight_request(migrated: Pods, app: str, record_property: Any) -> None:
+    port = published_port(app, 8000)
+    pre_stop = migrated.app["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = migrated.pod["terminationGracePeriodSeconds"]
+    body = b'{"name": "in flight"}'
+    result: dict[str, Any] = {}
+
+    def kubelet_stop() -> None:
+        started = time.monotonic()
+        time.sleep(pre_stop)  # the preStop sleep action; the app still serves meanwhile
+        result["served_during_prestop"] = http_probe(
+            {"httpGet": {"path": "/health/live", "port": 8000}, "timeoutSeconds": 2}, {}, {8000: port}
+        )
+        docker("kill", "--signal", "TERM", app)
+        try:
+            result["exit"] = wait_exit(app, grace - (time.monotonic() - started))
+        except AssertionError:
+            docker("kill", app, check=False)  # SIGKILL at the end of the grace period
+            result["exit"] = "killed"
+        result["seconds"] = time.monotonic() - started
+
+    with socket.create_connection(("127.0.0.1", port), timeout=grace + 5) as conn:
+        conn.sendall(
+            b"POST /api/items HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body[:5]
+        )
+        time.sleep(0.5)  # the server has the headers and waits for the rest
+        stopping = threading.Thread(target=kubelet_stop)
+        stopping.start()
+        time.sleep(pre_stop + 2)  # past the preStop: SIGTERM has reached the server
+        conn.sendall(body[5:])
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    stopping.join(timeout=grace + 10)
+    assert result["served_during_prestop"], "the pod stopped serving during its preStop pause"
+    assert response.startswith(b"HTTP/1.1 201"), response[:300]
+    assert result["exit"] == 0, f"{result}\n{migrated.logs(app)[-3000:]}"
+    assert result["seconds"] < grace
+    record_property("figure", f"pod stop: preStop {pre_stop} s + SIGTERM, exited 0 after {result['seconds']:.1f} s of {grace} s grace")
