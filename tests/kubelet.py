@@ -89,7 +89,9 @@ def resolve_env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dic
             continue
         source = item["valueFrom"]
         field, kind = next(
-            (f, k) for f, k in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")) if f in source
+            (f, k)
+            for f, k in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap"))
+            if f in source
         )
         ref = source[field]
         env[item["name"]] = by_name[(kind, ref["name"])][ref["key"]]
@@ -115,7 +117,9 @@ def docker_run_command(
     user, group = context.get("runAsUser"), context.get("runAsGroup")
     if context.get("runAsNonRoot"):
         # The kubelet refuses to start a container it cannot prove non-root.
-        assert isinstance(user, int) and user > 0, f"{container['name']}: runAsNonRoot without a uid"
+        assert isinstance(user, int) and user > 0, (
+            f"{container['name']}: runAsNonRoot without a uid"
+        )
     if user is not None:
         args += ["--user", f"{user}:{group}" if group is not None else str(user)]
     if "fsGroup" in pod_context:
@@ -128,10 +132,17 @@ def docker_run_command(
         args += ["--security-opt", "no-new-privileges:true"]
     assert context.get("privileged") in (None, False)
     seccomp = context.get("seccompProfile", {}).get("type")
-    assert seccomp in (None, "RuntimeDefault"), seccomp  # Docker's default profile is the runtime default
+    assert seccomp in (None, "RuntimeDefault"), (
+        seccomp
+    )  # Docker's default profile is the runtime default
     limits = container.get("resources", {}).get("limits", {})
     if "memory" in limits:
-        args += ["--memory", str(quantity_bytes(limits["memory"])), "--memory-swap", str(quantity_bytes(limits["memory"]))]
+        args += [
+            "--memory",
+            str(quantity_bytes(limits["memory"])),
+            "--memory-swap",
+            str(quantity_bytes(limits["memory"])),
+        ]
     if "cpu" in limits:
         args += ["--cpus", cpus(str(limits["cpu"]))]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -139,7 +150,9 @@ def docker_run_command(
         volume = volumes[mount["name"]]
         assert set(volume) == {"name", "emptyDir"}, f"only emptyDir volumes are emulated: {volume}"
         size = volume["emptyDir"].get("sizeLimit")
-        options = "rw,exec,nosuid,nodev,mode=1777" + (f",size={quantity_bytes(size)}" if size else "")
+        options = "rw,exec,nosuid,nodev,mode=1777" + (
+            f",size={quantity_bytes(size)}" if size else ""
+        )
         args += ["--tmpfs", f"{mount['mountPath']}:{options}"]
     env = resolve_env(container, objects)
     for key, value in env.items():
@@ -156,10 +169,16 @@ def docker_run_command(
     return args
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+def docker(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])} exited {result.returncode}: {result.stderr[-2000:]}")
+        raise AssertionError(
+            f"docker {' '.join(args[:3])} exited {result.returncode}: {result.stderr[-2000:]}"
+        )
     return result
 
 
@@ -173,7 +192,8 @@ def http_probe(probe: dict[str, Any], ports: dict[str, int], host_port: dict[int
     port = get["port"] if isinstance(get["port"], int) else ports[get["port"]]
     try:
         response = httpx.get(
-            f"http://127.0.0.1:{host_port[port]}{get['path']}", timeout=probe.get("timeoutSeconds", 1)
+            f"http://127.0.0.1:{host_port[port]}{get['path']}",
+            timeout=probe.get("timeoutSeconds", 1),
         )
     except httpx.HTTPError:
         return False
@@ -182,7 +202,13 @@ def http_probe(probe: dict[str, Any], ports: dict[str, int], host_port: dict[int
 
 def exec_probe(probe: dict[str, Any], container: str) -> bool:
     try:
-        result = docker("exec", container, *probe["exec"]["command"], check=False, timeout=probe.get("timeoutSeconds", 1) + 5)
+        result = docker(
+            "exec",
+            container,
+            *probe["exec"]["command"],
+            check=False,
+            timeout=probe.get("timeoutSeconds", 1) + 5,
+        )
     except subprocess.TimeoutExpired:
         return False
     return result.returncode == 0

