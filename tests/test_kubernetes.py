@@ -115,6 +115,29 @@ def test_a_missing_local_secrets_file_is_a_clear_error(
         render_text(copy, "local")
 
 
+@GROUP
+def test_a_new_release_tag_makes_a_new_job_and_changes_nothing_else(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Re-applying with a new image must not touch the old Job's immutable template."""
+    project = baked("default", tmp_path_factory)
+    copy = tmp_path_factory.mktemp("next-release") / "project"
+    shutil.copytree(project / "deploy", copy / "deploy")
+    kustomization = copy / "deploy/kubernetes/overlays/production/kustomization.yaml"
+    text = kustomization.read_text()
+    assert 'newTag: "0.1.0"' in text
+    kustomization.write_text(text.replace('newTag: "0.1.0"', 'newTag: "0.2.0"'))
+    before = docs_for("default", "production", tmp_path_factory)
+    after = [d for d in yaml.safe_load_all(render_text(copy, "production")) if d]
+    slug = context("default")["project_slug"]
+    assert one(before, "Job")["metadata"]["name"] == f"{slug}-migrate-0.1.0"
+    assert one(after, "Job")["metadata"]["name"] == f"{slug}-migrate-0.2.0"
+    changed = {
+        (b["kind"], b["metadata"]["name"]) for b, a in zip(before, after, strict=True) if b != a
+    }
+    assert changed == {("Deployment", slug), ("Job", f"{slug}-migrate-0.1.0")}
+
+
 # --- 2. strict schemas ------------------------------------------------------------------------
 
 
