@@ -138,7 +138,9 @@ def wait_exit(name: str, seconds: float) -> int:
     raise AssertionError(f"{name} still running after {seconds:.0f} s")
 
 
-@pytest.fixture(scope="module")
+# Session scope, not module: a worker may run other modules' tests in between,
+# and a module fixture would then be torn down and rebuilt.
+@pytest.fixture(scope="session")
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     require_docker()
     project = baked(COMBINATION, tmp_path_factory)
@@ -160,12 +162,15 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
         pods.remove()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def migrated(pods: Pods, record_property_module: list[str]) -> Pods:
     gate_spec = pods.pod["initContainers"][0]
     gate = pods.start(pods.pod, gate_spec, "wait-for-schema")
-    # The init container must still be waiting: nothing has migrated yet.
-    time.sleep(6)
+    # The init container must say it waits, and keep waiting: nothing has migrated yet.
+    deadline = time.monotonic() + 90
+    while "waiting for the migration Job" not in pods.logs(gate) and time.monotonic() < deadline:
+        time.sleep(1)
+    time.sleep(3)  # at least one more round of its loop
     state = docker("inspect", "--format", "{{.State.Status}}", gate).stdout.strip()
     assert state == "running", f"wait-for-schema {state} before the Job ran:\n{pods.logs(gate)}"
     assert "waiting for the migration Job" in pods.logs(gate)
@@ -181,12 +186,12 @@ def migrated(pods: Pods, record_property_module: list[str]) -> Pods:
     return pods
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def record_property_module() -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app(migrated: Pods) -> str:
     name = migrated.start(migrated.pod, migrated.app, "app", publish=True)
     return name
@@ -255,6 +260,7 @@ def test_stop_drains_then_finishes_the_in_flight_request(
     grace = migrated.pod["terminationGracePeriodSeconds"]
     body = b'{"name": "in flight"}'
     result: dict[str, Any] = {}
+    sigterm_sent = threading.Event()
 
     def kubelet_stop() -> None:
         started = time.monotonic()
@@ -265,6 +271,7 @@ def test_stop_drains_then_finishes_the_in_flight_request(
             {8000: port},
         )
         docker("kill", "--signal", "TERM", app)
+        sigterm_sent.set()
         try:
             result["exit"] = wait_exit(app, grace - (time.monotonic() - started))
         except AssertionError:
@@ -273,18 +280,21 @@ def test_stop_drains_then_finishes_the_in_flight_request(
         result["seconds"] = time.monotonic() - started
 
     with socket.create_connection(("127.0.0.1", port), timeout=grace + 5) as conn:
+        # "Expect: 100-continue": the server answers "100 Continue" only once the
+        # endpoint reads the body, so the request is provably in flight.
         conn.sendall(
             b"POST /api/items HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Content-Length: "
+            b"Expect: 100-continue\r\nContent-Length: "
             + str(len(body)).encode()
             + b"\r\nConnection: close\r\n\r\n"
-            + body[:5]
         )
-        time.sleep(0.5)  # the server has the headers and waits for the rest
+        interim = conn.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
         stopping = threading.Thread(target=kubelet_stop)
         stopping.start()
-        time.sleep(pre_stop + 2)  # past the preStop: SIGTERM has reached the server
-        conn.sendall(body[5:])
+        assert sigterm_sent.wait(timeout=grace), "the stop never reached SIGTERM"
+        time.sleep(1)  # the server is shutting down with the request open
+        conn.sendall(body)
         response = b""
         while chunk := conn.recv(65536):
             response += chunk
