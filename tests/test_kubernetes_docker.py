@@ -191,10 +191,32 @@ def record_property_module() -> list[str]:
     return []
 
 
+def start_app(pods: Pods, suffix: str) -> tuple[str, str]:
+    """Start an app pod and poll its probes as the kubelet does: startup first,
+    then readiness and liveness. Returns the container and what the probes took."""
+    name = pods.start(pods.pod, pods.app, suffix, publish=True)
+    ports = {p["name"]: p["containerPort"] for p in pods.app["ports"]}
+    host = {port: published_port(name, port) for port in ports.values()}
+    started = time.monotonic()
+
+    def probe(spec: dict[str, Any]) -> bool:
+        return http_probe(spec, ports, host)
+
+    try:
+        startup = run_probe(pods.app["startupProbe"], probe)
+        ready = run_probe(pods.app["readinessProbe"], probe)
+        alive = run_probe(pods.app["livenessProbe"], probe)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{pods.logs(name)[-4000:]}") from None
+    return name, (
+        f"app pod: started after {startup} startup probe(s), ready after {ready}, "
+        f"live after {alive}; {time.monotonic() - started:.1f} s"
+    )
+
+
 @pytest.fixture(scope="session")
-def app(migrated: Pods) -> str:
-    name = migrated.start(migrated.pod, migrated.app, "app", publish=True)
-    return name
+def app(migrated: Pods) -> tuple[str, str]:
+    return start_app(migrated, "app")
 
 
 def test_the_job_migrates_and_the_gate_waits_for_it(
@@ -208,29 +230,16 @@ def test_the_job_migrates_and_the_gate_waits_for_it(
 
 
 def test_app_probes_pass_as_the_kubelet_polls_them(
-    migrated: Pods, app: str, record_property: Any
+    app: tuple[str, str], record_property: Any
 ) -> None:
-    ports = {p["name"]: p["containerPort"] for p in migrated.app["ports"]}
-    host = {port: published_port(app, port) for port in ports.values()}
-    started = time.monotonic()
-
-    def probe(spec: dict[str, Any]) -> bool:
-        return http_probe(spec, ports, host)
-
-    try:
-        startup = run_probe(migrated.app["startupProbe"], probe)
-        ready = run_probe(migrated.app["readinessProbe"], probe)
-        alive = run_probe(migrated.app["livenessProbe"], probe)
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{migrated.logs(app)[-4000:]}") from None
-    record_property(
-        "figure",
-        f"app pod: started after {startup} startup probe(s), ready after {ready}, "
-        f"live after {alive}; {time.monotonic() - started:.1f} s",
-    )
+    # start_app raised if a probe reached its failureThreshold.
+    name, figure = app
+    assert docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true"
+    record_property("figure", figure)
 
 
-def test_app_runs_with_the_spec_hardening_in_effect(migrated: Pods, app: str) -> None:
+def test_app_runs_with_the_spec_hardening_in_effect(migrated: Pods, app: tuple[str, str]) -> None:
+    name = app[0]
     script = """
 import os, pathlib
 status = pathlib.Path("/proc/self/status").read_text().splitlines()
@@ -242,19 +251,21 @@ try:
 except OSError as error:
     print("ro", error.errno)
 """
-    out = docker("exec", app, "python", "-c", script).stdout.splitlines()
+    out = docker("exec", name, "python", "-c", script).stdout.splitlines()
     assert out[0] == "10001 10001"
     assert out[1] == "['0000000000000000', '1']", out[1]
     assert out[2] == "ro 30", "the root file system is writable"  # EROFS
     inspect = docker(
-        "inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.ReadonlyRootfs}}", app
+        "inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.ReadonlyRootfs}}", name
     ).stdout.split()
     assert inspect == ["536870912", "true"]
 
 
 def test_stop_drains_then_finishes_the_in_flight_request(
-    migrated: Pods, app: str, record_property: Any
+    migrated: Pods, record_property: Any
 ) -> None:
+    # A pod of its own, so stopping it leaves the other tests' pod alone.
+    app, _ = start_app(migrated, "app-stopped")
     port = published_port(app, 8000)
     pre_stop = migrated.app["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = migrated.pod["terminationGracePeriodSeconds"]
@@ -288,7 +299,11 @@ def test_stop_drains_then_finishes_the_in_flight_request(
             + str(len(body)).encode()
             + b"\r\nConnection: close\r\n\r\n"
         )
-        interim = conn.recv(65536)
+        try:
+            interim = conn.recv(65536)
+        except OSError as error:
+            state = docker("inspect", "--format", "{{json .State}}", app).stdout
+            raise AssertionError(f"{error!r}\n{state}\n{migrated.logs(app)[-3000:]}") from None
         assert interim.startswith(b"HTTP/1.1 100"), interim
         stopping = threading.Thread(target=kubelet_stop)
         stopping.start()
