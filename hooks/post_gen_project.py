@@ -49,6 +49,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ),
     ("server", "gunicorn"): ("gunicorn.conf.py", "tests/test_entrypoint_gunicorn.py"),
     ("server", "uvicorn"): ("tests/test_entrypoint_uvicorn.py",),
+    ("use_kubernetes", True): ("deploy/kubernetes",),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml", "renovate.json"),
     ("use_metrics", True): (
@@ -69,6 +70,9 @@ PLACEHOLDER_VALUE = "change-me"
 URL_PASSWORDS = {"DATABASE_URL": "POSTGRES_PASSWORD", "REDIS_URL": "REDIS_PASSWORD"}
 
 UV_LOCK_TIMEOUT_SECONDS = 300
+
+# The local Kubernetes overlay's secrets (git-ignored), made like .env from its example.
+LOCAL_CLUSTER_SECRETS = "deploy/kubernetes/overlays/local/secrets.env"
 
 
 def paths_to_remove(
@@ -121,16 +125,16 @@ def generate_secrets(env_example: str, token: Callable[[], str] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def write_env(project_dir: Path) -> bool:
+def write_env(project_dir: Path, example: str = ".env.example", target: str = ".env") -> bool:
     """Write .env readable by its owner only, from the first byte on.
 
     An existing .env is never touched (False is returned): its secrets may
     already be in a database volume, and a re-bake (``cookiecutter -f``) or a
     template update must not lock the service out of its own data.
     """
-    text = generate_secrets((project_dir / ".env.example").read_text())
+    text = generate_secrets((project_dir / example).read_text())
     try:
-        descriptor = os.open(project_dir / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(project_dir / target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return False
     with os.fdopen(descriptor, "w") as env:
@@ -296,6 +300,8 @@ def main() -> int:
     project_dir = Path.cwd()
     remove_paths(project_dir, paths_to_remove(context))
     env_written = write_env(project_dir)
+    if (project_dir / f"{LOCAL_CLUSTER_SECRETS}.example").exists():
+        write_env(project_dir, f"{LOCAL_CLUSTER_SECRETS}.example", LOCAL_CLUSTER_SECRETS)
     if rendered_by_cruft(context):
         # Quiet: `cruft update` runs this twice per update. Only a problem is worth a line.
         problem = lock_dependencies(project_dir, offline_only=True)

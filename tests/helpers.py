@@ -28,6 +28,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "use_postgres": False,
         "use_redis": False,
         "include_example_api": False,
+        "use_kubernetes": False,
         "server": "uvicorn",
         "ci": "none",
         "license": "Proprietary",

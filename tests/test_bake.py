@@ -36,6 +36,7 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
         r"|trace_id|span_id",
         re.IGNORECASE,
     ),
+    "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.
@@ -161,7 +162,9 @@ def test_structured_files_parse(variant: str) -> None:
     assert pyproject["project"]["requires-python"] == f">={context['python_version']}"
     for path in project_files(project):
         if path.suffix in {".yml", ".yaml"}:
-            assert isinstance(yaml.safe_load(path.read_text()), dict), path
+            # Kubernetes manifests may hold several documents.
+            documents = list(yaml.safe_load_all(path.read_text()))
+            assert documents and all(isinstance(d, dict) for d in documents), path
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)
