@@ -9,6 +9,7 @@ of this template committed as version A, a service made from it with
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -56,8 +57,9 @@ def edit(path: Path, change: Callable[[str], str]) -> None:
 
 
 def add_httpx_dependency(pyproject: str) -> str:
-    fastapi = '    "fastapi>=0.120",\n'
-    return pyproject.replace(fastapi, fastapi + '    "httpx>=0.28",\n', 1)
+    fastapi = re.search(r'^    "fastapi>=[^"]+",\n', pyproject, re.MULTILINE)
+    assert fastapi is not None, "no fastapi dependency line in pyproject.toml"
+    return pyproject.replace(fastapi.group(0), fastapi.group(0) + '    "httpx>=0.28",\n', 1)
 
 
 def template_repo(destination: Path) -> Path:

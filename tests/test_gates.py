@@ -90,6 +90,8 @@ def as_text(default: object) -> str:
     """A settings default as .env.example and the README spell it."""
     if isinstance(default, list):
         return ",".join(str(item) for item in default)
+    if isinstance(default, bool):
+        return str(default).lower()  # the environment's spelling: true / false
     return str(default)
 
 
