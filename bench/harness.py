@@ -136,6 +136,33 @@ def free_port() -> int:
         return port
 
 
+def container_cpu_ns(container: str) -> int | None:
+    """CPU time a container has used, from its cgroup (v1 or v2); None if unreadable.
+
+    CPU per request is the figure that holds when other work shares the machine:
+    req/s falls with contention, the work each request costs does not.
+    """
+    full_id = sh(["docker", "inspect", "--format", "{{.Id}}", container]).strip()
+    v1 = [f"/sys/fs/cgroup/{d}/docker/{full_id}/cpuacct.usage" for d in ("cpuacct", "cpu,cpuacct")]
+    v2 = [
+        f"/sys/fs/cgroup/system.slice/docker-{full_id}.scope/cpu.stat",
+        f"/sys/fs/cgroup/docker/{full_id}/cpu.stat",
+    ]
+    for path in v1:
+        try:
+            return int(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+    for path in v2:
+        try:
+            found = re.search(r"^usage_usec (\d+)", Path(path).read_text(), re.MULTILINE)
+        except OSError:
+            continue
+        if found:
+            return int(found.group(1)) * 1000
+    return None
+
+
 class Stack:
     """The baked project's compose stack plus the bench overlay, under its own name."""
 
@@ -191,11 +218,11 @@ def base_image(project: Path) -> str:
     return str(froms[-1])  # the runtime stage's base
 
 
-def up_until_ready(stack: Stack, deadline_seconds: float = 180) -> dict[str, float]:
+def up_until_ready(stack: Stack, deadline_seconds: float = 180) -> dict[str, Any]:
     """`up` on fresh volumes; seconds until /health/ready first answers 200."""
     stack.down()  # nothing of an earlier attempt: fresh volumes
     url = f"http://127.0.0.1:{stack.app_port}/health/ready"
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(UTC)
     up = subprocess.Popen(
         stack.compose_command("up", "--detach", "app"),
         cwd=stack.project,
@@ -219,7 +246,40 @@ def up_until_ready(stack: Stack, deadline_seconds: float = 180) -> dict[str, flo
     output, _ = up.communicate(timeout=deadline_seconds)
     if first_200 is None:
         raise RuntimeError(f"/health/ready never answered 200; `up` said:\n{output[-4000:]}")
-    return {"first_200_seconds": first_200}
+    return {"first_200_seconds": first_200, "timeline": timeline(stack, started_at)}
+
+
+def _seconds_since(stamp: str, origin: datetime) -> float | None:
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    # Docker prints nanoseconds; datetime takes microseconds.
+    trimmed = re.sub(r"(\.\d{6})\d*", r"\1", stamp).replace("Z", "+00:00")
+    return round((datetime.fromisoformat(trimmed) - origin).total_seconds(), 2)
+
+
+def timeline(stack: Stack, origin: datetime) -> dict[str, dict[str, float | None]]:
+    """When each container started, became healthy and (migrate) exited, from `up`'s start.
+
+    Shows where the seconds to the first 200 go: database initialisation, the
+    health-check interval, the migration job, the server's start.
+    """
+    events: dict[str, dict[str, float | None]] = {}
+    for service in ("db", "redis", "migrate", "app"):
+        container = stack.compose("ps", "--all", "--quiet", service).strip()
+        if not container:
+            continue
+        state = json.loads(sh(["docker", "inspect", "--format", "{{json .State}}", container]))
+        healthy = [
+            entry["End"]
+            for entry in (state.get("Health") or {}).get("Log", [])
+            if entry.get("ExitCode") == 0
+        ]
+        events[service] = {
+            "started": _seconds_since(state.get("StartedAt", ""), origin),
+            "first_healthy_check": _seconds_since(min(healthy), origin) if healthy else None,
+            "exited": None if state.get("Running") else _seconds_since(state["FinishedAt"], origin),
+        }
+    return events
 
 
 def memory(container: str) -> dict[str, Any]:
@@ -269,8 +329,15 @@ def _percentile(output: str, percent: int) -> float:
     return float(found.group(1)) * _TO_MS[found.group(2)]
 
 
-def wrk(container: str, route: Route, seconds: int, args: argparse.Namespace) -> dict[str, Any]:
-    """wrk inside the container's network namespace, against its own loopback."""
+def wrk(
+    container: str, route: Route, seconds: int, args: argparse.Namespace, db: str | None = None
+) -> dict[str, Any]:
+    """wrk inside the container's network namespace, against its own loopback.
+
+    With ``db``, also the CPU the server's and the database's containers spent
+    per request while it ran.
+    """
+    cpu_before = {"server": container_cpu_ns(container), "db": db and container_cpu_ns(db)}
     command = [
         "docker", "run", "--rm", "--network", f"container:{container}", WRK_IMAGE,
         "--threads", str(args.threads), "--connections", str(args.connections),
@@ -279,15 +346,24 @@ def wrk(container: str, route: Route, seconds: int, args: argparse.Namespace) ->
         f"http://127.0.0.1:8000{route.path}",
     ]  # fmt: skip
     output = sh(command, timeout=seconds + 120)
+    cpu_after = {"server": container_cpu_ns(container), "db": db and container_cpu_ns(db)}
     rps = _WRK_RPS.search(output)
     requests = _WRK_REQUESTS.search(output)
     if rps is None or requests is None:
         raise RuntimeError(f"unexpected wrk output:\n{output}")
     socket_errors = _WRK_ERRORS.search(output)
     non_2xx = _WRK_NON_2XX.search(output)
+    count = int(requests.group(1))
+    cpu_us: dict[str, float | None] = {}
+    for part in ("server", "db"):
+        before, after = cpu_before[part], cpu_after[part]
+        usable = before is not None and after is not None and count > 0
+        cpu_us[part] = (after - before) / 1000 / count if usable else None  # type: ignore[operator]
     return {
         "rps": float(rps.group(1)),
-        "requests": int(requests.group(1)),
+        "requests": count,
+        "cpu_us_per_request": cpu_us["server"],
+        "db_cpu_us_per_request": cpu_us["db"],
         "p50_ms": _percentile(output, 50),
         "p99_ms": _percentile(output, 99),
         "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
@@ -295,9 +371,16 @@ def wrk(container: str, route: Route, seconds: int, args: argparse.Namespace) ->
     }
 
 
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rps": statistics.median(s["rps"] for s in samples),
+        "cpu_us_per_request": median_or_none([s["cpu_us_per_request"] for s in samples]),
+        "db_cpu_us_per_request": median_or_none([s["db_cpu_us_per_request"] for s in samples]),
         "p50_ms": statistics.median(s["p50_ms"] for s in samples),
         "p99_ms": statistics.median(s["p99_ms"] for s in samples),
         "errors": sum(s["socket_errors"] + s["non_2xx"] for s in samples),
@@ -445,6 +528,7 @@ def measure_stack(
     item_id = int(created.json()["id"])
     targets = {"service": stack.container("app"), "ceiling": stack.container("ceiling")}
     todo = routes(item_id)
+    db = stack.container("db")
 
     idle = {name: memory(container) for name, container in targets.items()}
 
@@ -464,7 +548,9 @@ def measure_stack(
                 order.reverse()
             for name in order:
                 log(f"round {round_index + 1}/{mode.rounds} {route.label} {name}")
-                samples[route.label][name].append(wrk(targets[name], route, mode.seconds, args))
+                samples[route.label][name].append(
+                    wrk(targets[name], route, mode.seconds, args, db=db)
+                )
 
     after = {name: memory(container) for name, container in targets.items()}
     result["memory"] = {name: {"idle": idle[name], "after_load": after[name]} for name in targets}
@@ -536,6 +622,25 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {c['rps']:,.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} "
             f"| {row['rps_ratio']:.2f} | {row['p99_ratio']:.2f} | {s['errors'] + c['errors']} |"
         )
+    lines += [
+        "",
+        "CPU per request (from the containers' cgroups, so it holds under contention), µs:",
+        "",
+        "| route | service | its db | ceiling | its db | ratio (server) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def us(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:,.0f}"
+
+    for label, row in result["routes"].items():
+        s, c = row["service"], row["ceiling"]
+        known = s["cpu_us_per_request"] is not None and c["cpu_us_per_request"]
+        ratio = f"{s['cpu_us_per_request'] / c['cpu_us_per_request']:.2f}" if known else "n/a"
+        lines.append(
+            f"| `{label}` | {us(s['cpu_us_per_request'])} | {us(s['db_cpu_us_per_request'])} "
+            f"| {us(c['cpu_us_per_request'])} | {us(c['db_cpu_us_per_request'])} | {ratio} |"
+        )
     mem, build, up = result["memory"], result["build"], result["up"]
 
     def mib(entry: dict[str, Any]) -> str:
@@ -565,6 +670,12 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for goal, measured, met in goals(result):
         lines.append(f"| {goal} | {measured} | {'yes' if met else '**no**'} |")
+    steps = []
+    for service, events in up.get("timeline", {}).items():
+        parts = [f"{name.replace('_', ' ')} {value:.1f}" for name, value in events.items() if value]
+        steps.append(f"{service}: " + ", ".join(parts))
+    if steps:
+        lines += ["", "`up` timeline, seconds from the command: " + "; ".join(steps) + "."]
     return "\n".join(lines)
 
 
