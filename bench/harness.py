@@ -553,6 +553,17 @@ def measure_stack(
                 )
 
     after = {name: memory(container) for name, container in targets.items()}
+    failed = any(
+        s["socket_errors"] or s["non_2xx"]
+        for by_target in samples.values()
+        for runs in by_target.values()
+        for s in runs
+    )
+    if failed:  # what the servers said, before the stack is gone
+        result["logs_on_error"] = stack.compose(
+            "logs", "--no-color", "--tail", "60", "app", "ceiling"
+        )
+        log("errors under load; the servers' last log lines:\n" + result["logs_on_error"][-6000:])
     result["memory"] = {name: {"idle": idle[name], "after_load": after[name]} for name in targets}
     result["routes"] = {}
     for label, by_target in samples.items():
