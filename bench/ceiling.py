@@ -39,11 +39,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     size = int(os.environ.get("DATABASE_POOL_SIZE", "5"))
     overflow = int(os.environ.get("DATABASE_MAX_OVERFLOW", "5"))
     app.state.pool = await asyncpg.create_pool(dsn, min_size=size, max_size=size + overflow)
-    app.state.redis = redis.from_url(os.environ["REDIS_URL"])
+    # A bounded pool, like the database's: 32 concurrent probes per worker must
+    # queue for a connection rather than open a new one each (a connection
+    # storm that times out on a loaded machine). Timeouts as the service's.
+    pool = redis.BlockingConnectionPool.from_url(
+        os.environ["REDIS_URL"],
+        max_connections=size + overflow,
+        timeout=5,
+        socket_connect_timeout=5,
+        socket_timeout=5,
+    )
+    app.state.redis = redis.Redis(connection_pool=pool)
     try:
         yield
     finally:
-        await app.state.redis.aclose()
+        await app.state.redis.aclose(close_connection_pool=True)
         await app.state.pool.close()
 
 
