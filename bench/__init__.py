@@ -1,0 +1,1 @@
+"""The benchmark: the default generated service against a bare ceiling, side by side."""

@@ -1,0 +1,70 @@
+"""The benchmark harness (bench/) works end to end: a smoke run, no timing asserted.
+
+The figures themselves come from `uv run python -m bench` (see README.md); this
+only proves that every step runs, every route answers under load without an
+error, and the table and the JSON come out.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TEMPLATE_DIR, require_docker
+
+ROUTES = {
+    "GET /health/live",
+    "GET /health/ready",
+    "GET /api/items/{id}",
+    "GET /api/items?limit=50",
+    "POST /api/items",
+}
+
+
+@pytest.mark.docker
+@pytest.mark.xdist_group("bench")
+def test_bench_smoke_run_prints_the_table_and_writes_json(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    require_docker()
+    # The harness takes the machine-wide lock itself; this test must not hold it.
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--results-dir", str(tmp_path)],
+        cwd=TEMPLATE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, output
+    for route in ROUTES:
+        assert f"| `{route}` |" in result.stdout, output
+    assert "| RSS after load |" in result.stdout, output
+    assert "| goal | measured | met |" in result.stdout, output
+
+    written = list(tmp_path.glob("*-smoke.json"))
+    assert len(written) == 1, written
+    data = json.loads(written[0].read_text())
+    assert set(data["routes"]) == ROUTES
+    assert data["errors"] == 0
+    for route, row in data["routes"].items():
+        for target in ("service", "ceiling"):
+            figures = row[target]
+            assert figures["errors"] == 0, (route, target, figures)
+            assert figures["rps"] > 0 and figures["p99_ms"] > 0, (route, target, figures)
+        record_property(
+            "figure", f"bench smoke {route}: {row['rps_ratio']:.2f} x ceiling (1 s, not a figure)"
+        )
+    for target in ("service", "ceiling"):
+        # gunicorn's master and its two workers, both before and after the load.
+        for moment in ("idle", "after_load"):
+            assert len(data["memory"][target][moment]["processes"]) == 3, data["memory"]
+    assert data["build"]["over_base_mb"] > 0
+    assert data["up"]["first_200_seconds"] > 0
+    assert data["versions"]["image"]["fastapi"]
