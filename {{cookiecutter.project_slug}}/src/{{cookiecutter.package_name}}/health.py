@@ -4,17 +4,12 @@
 so an orchestrator restarts only a truly stuck process. ``/health/ready`` checks
 every dependency concurrently, each bounded by a timeout, and answers 503 when
 one fails so a load balancer stops sending traffic without a restart.
-{%- if cookiecutter.use_postgres %}
 
 Readiness answers "can this instance reach its dependencies", not "is it idle": the
-database check has its own one-connection pool, so a worker whose request pool is
-saturated still reports ready. Draining a node only because it is busy would move its
-load onto the others and take them down one after another.
-{%- endif %}
-{%- if not (cookiecutter.use_postgres or cookiecutter.use_redis) %}
-This service has no dependency yet: add a probe to check_dependencies() for
-each one you introduce.
-{%- endif %}
+lifespan (main.py) registers one probe per client it opens, on a connection requests
+cannot exhaust, so a worker whose request pool is saturated still reports ready.
+Draining a node only because it is busy would move its load onto the others and take
+them down one after another. A new dependency adds its probe there.
 """
 
 from __future__ import annotations
@@ -28,21 +23,12 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel
 from starlette.datastructures import State
-{%- if cookiecutter.use_postgres and cookiecutter.use_redis %}
-
-from {{ cookiecutter.package_name }} import cache, db
-{%- elif cookiecutter.use_redis %}
-
-from {{ cookiecutter.package_name }} import cache
-{%- elif cookiecutter.use_postgres %}
-
-from {{ cookiecutter.package_name }} import db
-{%- endif %}
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/health", tags=["health"])
 
 CheckStatus = Literal["ok", "error", "timeout"]
+Probe = Callable[[], Awaitable[None]]
 
 
 class CheckResult(BaseModel):
@@ -59,7 +45,7 @@ class Readiness(BaseModel):
     checks: dict[str, CheckResult]
 
 
-async def run_check(name: str, probe: Callable[[], Awaitable[None]], seconds: float) -> CheckResult:
+async def run_check(name: str, probe: Probe, seconds: float) -> CheckResult:
     try:
         async with asyncio.timeout(seconds):
             await probe()
@@ -81,13 +67,8 @@ async def live() -> Liveness:
 
 async def check_dependencies(state: State) -> Readiness:
     timeout: float = state.settings.health_check_timeout_seconds
-    probes: dict[str, Callable[[], Awaitable[None]]] = {}
-{%- if cookiecutter.use_postgres %}
-    probes["database"] = lambda: db.ping(state.health_engine)
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    probes["redis"] = lambda: cache.ping(state.redis)
-{%- endif %}
+    # One per dependency, registered by the lifespan as it opens each client.
+    probes: dict[str, Probe] = getattr(state, "readiness_probes", {})
     results = await asyncio.gather(
         *(run_check(name, probe, timeout) for name, probe in probes.items())
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+{%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
+from functools import partial
+{%- endif %}
 from importlib.metadata import metadata
 
 from fastapi import FastAPI
@@ -42,6 +45,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """
 {%- endif %}
     settings: Settings = app.state.settings
+    # Filled below, one probe per client, for /health/ready (health.py).
+    app.state.readiness_probes = {}
     async with AsyncExitStack() as resources:
 {%- if cookiecutter.use_tracing %}
         tracer_provider: TracerProvider | None = app.state.tracer_provider
@@ -57,7 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Readiness gets a connection of its own: it never queues behind requests.
         health_engine = db.create_engine(settings, pool_size=1, max_overflow=0)
         resources.push_async_callback(health_engine.dispose)
-        app.state.health_engine = health_engine
+        app.state.readiness_probes["database"] = partial(db.ping, health_engine)
 {%- if cookiecutter.use_metrics %}
         metrics.observe_pool(engine)
 {%- endif %}
@@ -66,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = cache.create_redis(settings)
         resources.push_async_callback(redis.aclose)
         app.state.redis = redis
+        app.state.readiness_probes["redis"] = partial(cache.ping, redis)
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
         if tracer_provider is not None:
