@@ -76,8 +76,9 @@ async def create_item(
 ) -> Item:
     item = Item(**payload.model_dump())
     session.add(item)
+    # expire_on_commit=False (main.py): the committed item keeps its values, and the
+    # INSERT already returned what the server filled in (models.py).
     await session.commit()
-    await session.refresh(item)
     response.headers["Location"] = request.app.url_path_for("get_item", item_id=str(item.id))
     return item
 
@@ -109,7 +110,6 @@ async def update_item(item_id: ItemId, payload: ItemIn, session: SessionDep) -> 
     for key, value in payload.model_dump().items():
         setattr(item, key, value)
     await session.commit()
-    await session.refresh(item)
     return item
 
 
