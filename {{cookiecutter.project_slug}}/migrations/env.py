@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from alembic import context
 from sqlalchemy import text
@@ -89,8 +90,10 @@ async def run_migrations_online(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
-    # JSON lines like the app's, so the migrate job's log is parsed the same way.
-    configure_logging(settings.log_level)
+    # JSON lines like the app's, so the migrate job's log is parsed the same way; on
+    # stderr, as Alembic's own logging always was: stdout carries what a command
+    # prints (`alembic current`, which the Kubernetes schema gate reads).
+    configure_logging(settings.log_level, stream=sys.stderr)
     if context.is_offline_mode():
         run_migrations_offline(settings)
     else:

@@ -233,6 +233,7 @@ async def test_the_test_database_is_migrated_to_head(app: FastAPI, client: Async
     assert current == heads
 
 
+@pytest.mark.services  # the migrated test database, without the app
 def test_models_and_migrations_do_not_drift(database_url: str) -> None:
     # `alembic check` fails when autogenerate would write a new revision: a model was
     # changed without a migration, or a migration without the model.

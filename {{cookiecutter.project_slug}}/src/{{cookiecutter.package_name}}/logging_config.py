@@ -7,6 +7,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TextIO
 {%- if cookiecutter.use_tracing %}
 
 from opentelemetry import trace
@@ -57,13 +58,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """Route the root and the server's loggers through one JSON handler.
 
     Every logger, the app's access log included, takes its level from the root,
-    so LOG_LEVEL governs all of them under either server.
+    so LOG_LEVEL governs all of them under either server. ``stream`` is stdout
+    unless a command keeps stdout for its own output (Alembic: migrations/env.py).
     """
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

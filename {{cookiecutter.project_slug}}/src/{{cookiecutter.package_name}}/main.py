@@ -75,7 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
         if tracer_provider is not None:
-            tracing.instrument_clients(tracer_provider{% if cookiecutter.use_postgres %}, engine{% endif %})
+            tracing.instrument_clients(tracer_provider{% if cookiecutter.use_postgres %}, engine, health_engine{% endif %})
 {%- endif %}
         # Registered last, so it runs first: no readiness check outlives the pools.
         resources.push_async_callback(health.cancel_readiness_check, app.state)

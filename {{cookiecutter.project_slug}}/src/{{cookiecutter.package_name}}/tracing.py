@@ -72,13 +72,15 @@ def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
     )
 
 
-def instrument_clients(provider: TracerProvider{% if cookiecutter.use_postgres %}, engine: AsyncEngine{% endif %}) -> None:
+def instrument_clients(provider: TracerProvider{% if cookiecutter.use_postgres %}, *engines: AsyncEngine{% endif %}) -> None:
     """Spans for every {% if cookiecutter.use_postgres %}SQL statement, {% endif %}{% if cookiecutter.use_redis %}Redis command, {% endif %}and outgoing httpx request."""
 {%- if cookiecutter.use_postgres %}
     # Its declared range lags SQLAlchemy releases (it refuses 2.1 although the
     # event API it uses is unchanged); tests/test_tracing.py proves the SQL span.
     SQLAlchemyInstrumentor().instrument(
-        engine=engine.sync_engine, tracer_provider=provider, skip_dep_check=True
+        engines=[engine.sync_engine for engine in engines],
+        tracer_provider=provider,
+        skip_dep_check=True,
     )
 {%- endif %}
 {%- if cookiecutter.use_redis %}
