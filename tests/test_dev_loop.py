@@ -78,6 +78,8 @@ class Watcher:
             self.process.kill()
             self.process.wait()
         self.reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return self.output()
 
 
