@@ -100,7 +100,13 @@ def test_compose_dev_override_is_valid_compose_with_watch(tmp_path: Path) -> Non
     watch = yaml.safe_load((project / "compose.dev.yaml").read_text())["services"]["app"][
         "develop"
     ]["watch"]
-    assert {"action": "sync", "path": "./src", "target": "/app/src"}.items() <= watch[0].items()
+    # Over the package the image installed (see compose.dev.yaml for why).
+    site_packages = "/app/.venv/lib/python3.13/site-packages"
+    assert {
+        "action": "sync",
+        "path": "./src/my_service",
+        "target": f"{site_packages}/my_service",
+    }.items() <= watch[0].items()
     assert {rule["path"] for rule in watch if rule["action"] == "rebuild"} == {
         "pyproject.toml",
         "uv.lock",

@@ -47,6 +47,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
         yield server
     finally:
         server.shutdown()
+        server.server_close()  # the listening socket, or warnings-as-errors fails the run
 
 
 def test_without_an_endpoint_nothing_is_set_up(

@@ -63,7 +63,7 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
 
     Every logger, the app's access log included, takes its level from the root,
     so LOG_LEVEL governs all of them under either server. ``stream`` is stdout
-    unless a command keeps stdout for its own output (Alembic: migrations/env.py).
+    unless the caller is a command whose stdout is its result.
     """
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())

@@ -14,7 +14,8 @@ class Item(Base):
     __tablename__ = "items"
     # The INSERT's RETURNING brings back the server-made id and created_at: no
     # second round trip to read them (see api/items.py, which needs no refresh()).
-    __mapper_args__ = {"eager_defaults": True}
+    # (A plain dict, as SQLAlchemy declares it; it is read once, when the class is mapped.)
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
 
     # BIGINT identity: a 32-bit SERIAL runs out at 2.1 billion rows, and identity
     # columns are the SQL-standard form PostgreSQL recommends over serial.
