@@ -36,8 +36,8 @@ class ItemIn(BaseModel):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     dsn = os.environ["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
     # As many connections per worker as the service's SQLAlchemy pool allows.
-    size = int(os.environ.get("DATABASE_POOL_SIZE", "5"))
-    overflow = int(os.environ.get("DATABASE_MAX_OVERFLOW", "5"))
+    size = int(os.environ.get("DATABASE_POOL_SIZE", "10"))
+    overflow = int(os.environ.get("DATABASE_MAX_OVERFLOW", "0"))
     app.state.pool = await asyncpg.create_pool(dsn, min_size=size, max_size=size + overflow)
     # A bounded pool, like the database's: 32 concurrent probes per worker must
     # queue for a connection rather than open a new one each (a connection

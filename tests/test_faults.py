@@ -31,9 +31,9 @@ FAST_FAILURE_SETTINGS = {
     "REDIS_TIMEOUT_SECONDS": "2",
     "HEALTH_CHECK_TIMEOUT_SECONDS": "1",
 }
-# Per worker: the request pool (5 + 5 overflow) and readiness' own connection.
+# Per worker: the request pool (10, no overflow) and readiness' own connection.
 WORKERS = 2
-MAX_APP_CONNECTIONS = WORKERS * (5 + 5 + 1)
+MAX_APP_CONNECTIONS = WORKERS * (10 + 0 + 1)
 
 
 @pytest.fixture(scope="module", params=["default", "uvicorn"])

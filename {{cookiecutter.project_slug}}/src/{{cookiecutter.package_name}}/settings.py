@@ -70,8 +70,11 @@ class Settings(BaseSettings):
     # honour are translated, the others refused by name (see split_database_url).
     # repr=False: the URL carries a password; keep it out of logs and tracebacks.
     database_url: str = Field(default="postgresql+asyncpg://app:app@localhost:5432/app", repr=False)
-    database_pool_size: int = Field(default=5, ge=1)
-    database_max_overflow: int = Field(default=5, ge=0)
+    # A fixed pool: SQLAlchemy closes an overflow connection as soon as it is returned
+    # while the pool is full, so under steady load overflow means a new connection
+    # (TCP, auth, server start-up) per request. Raise the size, not the overflow.
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=0, ge=0)
     # How long a request may wait to connect or for a pooled connection.
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     # How long one statement may run before the server cancels it (a 500: a slow query is a
