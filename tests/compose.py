@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -17,6 +18,17 @@ from tests.helpers import machine_load, run
 
 # Where a test keeps its stacks, so a failure report can show their logs.
 STACKS_KEY = pytest.StashKey[list["ComposeStack"]]()
+
+# The units `docker stats` prints memory in.
+MEMORY_UNITS = {
+    "B": 1,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+}
 
 # Every published port is picked by Docker, so stacks can run side by side.
 RANDOM_PORTS = {"APP_PORT": "0", "POSTGRES_PORT": "0", "REDIS_PORT": "0"}
@@ -61,6 +73,16 @@ class ComposeStack:
         output = run(["docker", "inspect", container], self.project).stdout
         result: dict[str, Any] = json.loads(output)[0]
         return result
+
+    def memory_bytes(self, service: str) -> int:
+        """The memory a running service's container uses now, as `docker stats` reports it."""
+        container = self.container_id(service)
+        stats = ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container]
+        usage = run(stats, self.project).stdout.split("/")[0].strip()
+        found = re.fullmatch(r"([\d.]+)\s*([KMG]i?B|B)", usage)
+        assert found is not None, f"unreadable memory usage {usage!r}"
+        number, unit = found.groups()
+        return int(float(number) * MEMORY_UNITS[unit])
 
     def dotenv(self) -> dict[str, str]:
         values = {}

@@ -415,29 +415,6 @@ def test_no_secret_reaches_any_image_layer(stack: ComposeStack, tmp_path: Path) 
 # --- 6. load ---------------------------------------------------------------------------------
 
 
-def app_memory_bytes(stack: ComposeStack) -> int:
-    container = stack.container_id("app")
-    usage = (
-        run(
-            ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
-            stack.project,
-        )
-        .stdout.split("/")[0]
-        .strip()
-    )
-    number, unit = re.fullmatch(r"([\d.]+)\s*([KMG]i?B|B)", usage).groups()  # type: ignore[union-attr]
-    scale = {
-        "B": 1,
-        "KiB": 2**10,
-        "MiB": 2**20,
-        "GiB": 2**30,
-        "KB": 10**3,
-        "MB": 10**6,
-        "GB": 10**9,
-    }
-    return int(float(number) * scale[unit])
-
-
 def wrk(url: str, seconds: int) -> dict[str, float]:
     result = subprocess.run(
         ["wrk", "--threads", "2", "--connections", "64", "--duration", f"{seconds}s",
@@ -474,9 +451,9 @@ def test_load_has_no_errors_and_no_memory_growth(
     with machine_load(exclusive=True):
         for url in urls:  # warm every worker and pool before measuring memory
             wrk(url, 3)
-        before = app_memory_bytes(stack)
+        before = stack.memory_bytes("app")
         measured = [(url, wrk(url, 30)) for url in urls]
-        after = app_memory_bytes(stack)
+        after = stack.memory_bytes("app")
     for url, figures in measured:
         path = httpx.URL(url).path
         record_property(

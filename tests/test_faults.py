@@ -98,23 +98,6 @@ def app_connections(stack: ComposeStack) -> int:
     return int(count.stdout.strip())
 
 
-def app_memory_mib(stack: ComposeStack) -> float:
-    container = stack.container_id("app")
-    usage = (
-        run(
-            ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
-            stack.project,
-        )
-        .stdout.split("/")[0]
-        .strip()
-    )
-    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "B": 1 / 2**20}
-    for unit, scale in units.items():
-        if usage.endswith(unit):
-            return float(usage.removesuffix(unit)) * scale
-    raise AssertionError(f"unreadable memory usage {usage!r}")
-
-
 def terminate_app_backends(stack: ComposeStack) -> None:
     stack.compose(
         "exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-tAc",
@@ -166,7 +149,7 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
     assert created.status_code == 201, created.text
     # Reads of the database, and readiness, which also reads Redis.
     load = Load([stack.url(f"/api/items/{created.json()['id']}"), stack.url("/health/ready")])
-    memory_before = app_memory_mib(stack)
+    memory_before = stack.memory_bytes("app") / 2**20
     probes: list[tuple[float, int]] = []
     clients = [threading.Thread(target=load.client, args=(i,)) for i in range(CLIENTS)]
     for client in clients:
@@ -218,6 +201,6 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
     if dependency is not None:
         assert any(status == 503 for _, status in probes), "readiness never reported the fault"
     assert app_connections(stack) <= MAX_APP_CONNECTIONS
-    memory_after = app_memory_mib(stack)
+    memory_after = stack.memory_bytes("app") / 2**20
     record_property("figure", f"{case}: app memory {memory_before:.0f} -> {memory_after:.0f} MiB")
     assert memory_after < memory_before * 1.5 + 20, "app memory grew during the fault"
