@@ -32,6 +32,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "migrations",
         "src/{package}/db.py",
         "tests/test_db.py",
+        "tests/test_db_connection.py",
         "tests/plugins/db.py",
         "tests/test_settings_db.py",
     ),

@@ -18,9 +18,9 @@ import time
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.logging_config import request_id_var
+from {{ cookiecutter.package_name }}.logging_config import ACCESS_LOGGER, request_id_var
 
-logger = logging.getLogger("{{ cookiecutter.package_name }}.access")
+logger = logging.getLogger(ACCESS_LOGGER)
 
 # Polled every few seconds by the orchestrator{% if cookiecutter.use_metrics %} and by Prometheus{% endif %}: logging each
 # poll would bury the real traffic (ACCESS_LOG_PROBES=true logs them too).

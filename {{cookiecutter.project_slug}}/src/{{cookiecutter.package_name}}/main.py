@@ -58,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = db.create_engine(settings)
         resources.push_async_callback(engine.dispose)
         app.state.engine = engine
+        app.state.autocommit_engine = db.autocommit(engine)
+        app.state.connection_turns = db.ConnectionTurns(settings)
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         # Readiness gets a connection of its own: it never queues behind requests.
         health_engine = db.create_engine(settings, pool_size=1, max_overflow=0)

@@ -12,8 +12,8 @@ from {{ cookiecutter.package_name }}.db import Base
 
 class Item(Base):
     __tablename__ = "items"
-    # The INSERT's RETURNING brings back the server-made id and created_at: no
-    # second round trip to read them (see api/items.py, which needs no refresh()).
+    # An ORM insert (db.SessionDep) gets the server-made id and created_at back from
+    # its INSERT's RETURNING: no second round trip, no refresh() to read them.
     # (A plain dict, as SQLAlchemy declares it; it is read once, when the class is mapped.)
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
 

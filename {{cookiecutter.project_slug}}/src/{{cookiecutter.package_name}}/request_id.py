@@ -7,7 +7,7 @@ before any other middleware runs, so their log lines carry it too.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,7 +27,8 @@ def incoming_request_id(scope: Scope) -> str:
             candidate: str = value.decode("latin-1")
             if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID.
+    return secrets.token_hex(16)
 
 
 class RequestIdMiddleware:

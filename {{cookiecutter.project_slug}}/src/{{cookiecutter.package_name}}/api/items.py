@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, insert, select, update
 
-from {{ cookiecutter.package_name }}.db import SessionDep
+from {{ cookiecutter.package_name }}.db import ConnectionDep
 from {{ cookiecutter.package_name }}.errors import problem_responses
 from {{ cookiecutter.package_name }}.models import Item
 
@@ -34,6 +34,7 @@ class ItemIn(BaseModel):
 
 
 class ItemOut(BaseModel):
+    # Validated from the statements' result rows, which have one attribute per column.
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -42,11 +43,29 @@ class ItemOut(BaseModel):
     created_at: datetime
 
 
-async def _get_or_404(session: SessionDep, item_id: int) -> Item:
-    item = await session.get(Item, item_id)
-    if item is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id} not found")
-    return item
+# Each route is one statement on an autocommit connection (db.ConnectionDep): one round
+# trip, atomic on its own, and RETURNING brings back what the server filled in. The
+# statements are built once, here: SQLAlchemy then reuses their compiled form and cache
+# key, and a request only binds its values. The ORM model gives the table and columns;
+# a handler that needs several statements in one transaction takes db.SessionDep.
+COLUMNS = (Item.id, Item.name, Item.description, Item.created_at)
+SELECT_ONE = select(*COLUMNS).where(Item.id == bindparam("item_id"))
+SELECT_PAGE = (
+    select(*COLUMNS).order_by(Item.id).limit(bindparam("limit")).offset(bindparam("offset"))
+)
+INSERT = insert(Item).returning(*COLUMNS)
+# SET's own parameters take the column names, so the values are bound under others.
+UPDATE = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"))
+    .values(name=bindparam("new_name"), description=bindparam("new_description"))
+    .returning(*COLUMNS)
+)
+DELETE = delete(Item).where(Item.id == bindparam("item_id")).returning(Item.id)
+
+
+def not_found(item_id: int) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id} not found")
 
 
 # OpenAPI links from a created item to the operations that take its id: clients (and the
@@ -72,52 +91,50 @@ _ITEM_LINKS = {
     },
 )
 async def create_item(
-    payload: ItemIn, session: SessionDep, request: Request, response: Response
-) -> Item:
-    item = Item(**payload.model_dump())
-    session.add(item)
-    # expire_on_commit=False (main.py): the committed item keeps its values, and the
-    # INSERT already returned what the server filled in (models.py).
-    await session.commit()
-    response.headers["Location"] = request.app.url_path_for("get_item", item_id=str(item.id))
-    return item
+    payload: ItemIn, connection: ConnectionDep, request: Request, response: Response
+) -> ItemOut:
+    row = (await connection.execute(INSERT, payload.model_dump())).one()
+    response.headers["Location"] = request.app.url_path_for("get_item", item_id=str(row.id))
+    return ItemOut.model_validate(row)
 
 
 @router.get("", response_model=list[ItemOut])
 async def list_items(
-    session: SessionDep,
+    connection: ConnectionDep,
     limit: Annotated[
         int, Query(ge=1, le=100, description="How many items to return, at most 100")
     ] = 50,
     offset: Annotated[
         int, Query(ge=0, le=1_000_000, description="How many items to skip, in id order")
     ] = 0,
-) -> list[Item]:
+) -> list[ItemOut]:
     """Items in id order, one page at a time."""
-    result = await session.scalars(select(Item).order_by(Item.id).limit(limit).offset(offset))
-    return list(result)
+    result = await connection.execute(SELECT_PAGE, {"limit": limit, "offset": offset})
+    return [ItemOut.model_validate(row) for row in result]
 
 
 @router.get("/{item_id}", response_model=ItemOut, responses=problem_responses(404))
-async def get_item(item_id: ItemId, session: SessionDep) -> Item:
-    return await _get_or_404(session, item_id)
+async def get_item(item_id: ItemId, connection: ConnectionDep) -> ItemOut:
+    row = (await connection.execute(SELECT_ONE, {"item_id": item_id})).first()
+    if row is None:
+        raise not_found(item_id)
+    return ItemOut.model_validate(row)
 
 
 @router.put("/{item_id}", response_model=ItemOut, responses=problem_responses(404))
-async def update_item(item_id: ItemId, payload: ItemIn, session: SessionDep) -> Item:
+async def update_item(item_id: ItemId, payload: ItemIn, connection: ConnectionDep) -> ItemOut:
     """Replace the item's fields; a field left out is cleared."""
-    item = await _get_or_404(session, item_id)
-    for key, value in payload.model_dump().items():
-        setattr(item, key, value)
-    await session.commit()
-    return item
+    values = {"item_id": item_id, "new_name": payload.name, "new_description": payload.description}
+    row = (await connection.execute(UPDATE, values)).first()
+    if row is None:
+        raise not_found(item_id)
+    return ItemOut.model_validate(row)
 
 
 @router.delete(
     "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404)
 )
-async def delete_item(item_id: ItemId, session: SessionDep) -> Response:
-    item = await _get_or_404(session, item_id)
-    await session.delete(item)
-    await session.commit()
+async def delete_item(item_id: ItemId, connection: ConnectionDep) -> Response:
+    if (await connection.execute(DELETE, {"item_id": item_id})).first() is None:
+        raise not_found(item_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
