@@ -24,8 +24,10 @@ _RENDERED = r"""{{ cookiecutter | jsonify }}"""
 # The single source of truth for pruning: each option value owns the paths
 # listed for it, relative to the generated project, with ``{package}`` standing
 # for the package directory. The paths of every value that was NOT chosen are
-# removed. ``tests/test_manifest.py`` checks that each path exists in the
-# template, so a renamed file cannot silently escape pruning.
+# removed, so a path listed under several values (a test of the database's
+# metrics) is kept only when all of them were chosen. ``tests/test_manifest.py``
+# checks that each path exists in the template, so a renamed file cannot
+# silently escape pruning.
 MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_postgres", True): (
         "alembic.ini",
@@ -78,19 +80,17 @@ LOCAL_CLUSTER_SECRETS = "deploy/kubernetes/overlays/local/secrets.env"
 def paths_to_remove(
     context: Mapping[str, Any], manifest: Mapping[tuple[str, object], Iterable[str]] = MANIFEST
 ) -> list[str]:
-    """The manifest paths owned by option values the user did not choose."""
+    """The manifest paths owned by an option value the user did not choose.
+
+    A path under another one is its own entry: migrations/versions/0001... goes
+    with the example API while migrations/ stays with Postgres.
+    """
     package = str(context["package_name"])
-    chosen: set[str] = set()
-    unchosen: list[str] = []
+    unchosen: set[str] = set()
     for (option, value), paths in manifest.items():
-        formatted = [p.format(package=package) for p in paths]
-        if context[option] == value:
-            chosen.update(formatted)
-        else:
-            unchosen.extend(formatted)
-    # A path kept by a chosen value wins (e.g. migrations/ stays with Postgres
-    # even though no example API was chosen).
-    return sorted(p for p in set(unchosen) if p not in chosen)
+        if context[option] != value:
+            unchosen.update(p.format(package=package) for p in paths)
+    return sorted(unchosen)
 
 
 def remove_paths(project_dir: Path, paths: Iterable[str]) -> None:
