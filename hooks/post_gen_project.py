@@ -36,18 +36,22 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_db.py",
         "tests/plugins/db.py",
         "tests/test_settings_db.py",
+        "tests/test_health_db.py",
+        "tests/test_metrics_db.py",
     ),
     ("use_redis", True): (
         "src/{package}/cache.py",
         "tests/test_cache.py",
         "tests/plugins/cache.py",
         "tests/test_settings_cache.py",
+        "tests/test_health_cache.py",
     ),
     ("include_example_api", True): (
         "src/{package}/api/items.py",
         "src/{package}/models.py",
         "migrations/versions/0001_create_items.py",
         "tests/test_items.py",
+        "tests/test_migrations.py",
     ),
     ("server", "gunicorn"): ("gunicorn.conf.py", "tests/test_entrypoint_gunicorn.py"),
     ("server", "uvicorn"): ("tests/test_entrypoint_uvicorn.py",),
@@ -57,6 +61,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_metrics", True): (
         "src/{package}/metrics.py",
         "tests/test_metrics.py",
+        "tests/test_metrics_db.py",
     ),
     ("use_tracing", True): (
         "src/{package}/tracing.py",
