@@ -33,6 +33,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "alembic.ini",
         "migrations",
         "src/{package}/db.py",
+        "src/{package}/database_url.py",
         "tests/test_db.py",
         "tests/plugins/db.py",
         "tests/test_settings_db.py",
