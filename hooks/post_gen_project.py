@@ -24,29 +24,36 @@ _RENDERED = r"""{{ cookiecutter | jsonify }}"""
 # The single source of truth for pruning: each option value owns the paths
 # listed for it, relative to the generated project, with ``{package}`` standing
 # for the package directory. The paths of every value that was NOT chosen are
-# removed. ``tests/test_manifest.py`` checks that each path exists in the
-# template, so a renamed file cannot silently escape pruning.
+# removed, so a path listed under several values (a test of the database's
+# metrics) is kept only when all of them were chosen. ``tests/test_manifest.py``
+# checks that each path exists in the template, so a renamed file cannot
+# silently escape pruning.
 MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_postgres", True): (
         "alembic.ini",
         "migrations",
         "src/{package}/db.py",
+        "src/{package}/database_url.py",
         "tests/test_db.py",
         "tests/test_db_connection.py",
         "tests/plugins/db.py",
         "tests/test_settings_db.py",
+        "tests/test_health_db.py",
+        "tests/test_metrics_db.py",
     ),
     ("use_redis", True): (
         "src/{package}/cache.py",
         "tests/test_cache.py",
         "tests/plugins/cache.py",
         "tests/test_settings_cache.py",
+        "tests/test_health_cache.py",
     ),
     ("include_example_api", True): (
         "src/{package}/api/items.py",
         "src/{package}/models.py",
         "migrations/versions/0001_create_items.py",
         "tests/test_items.py",
+        "tests/test_migrations.py",
     ),
     ("server", "gunicorn"): ("gunicorn.conf.py", "tests/test_entrypoint_gunicorn.py"),
     ("server", "uvicorn"): ("tests/test_entrypoint_uvicorn.py",),
@@ -56,6 +63,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_metrics", True): (
         "src/{package}/metrics.py",
         "tests/test_metrics.py",
+        "tests/test_metrics_db.py",
     ),
     ("use_tracing", True): (
         "src/{package}/tracing.py",
@@ -79,19 +87,17 @@ LOCAL_CLUSTER_SECRETS = "deploy/kubernetes/overlays/local/secrets.env"
 def paths_to_remove(
     context: Mapping[str, Any], manifest: Mapping[tuple[str, object], Iterable[str]] = MANIFEST
 ) -> list[str]:
-    """The manifest paths owned by option values the user did not choose."""
+    """The manifest paths owned by an option value the user did not choose.
+
+    A path under another one is its own entry: migrations/versions/0001... goes
+    with the example API while migrations/ stays with Postgres.
+    """
     package = str(context["package_name"])
-    chosen: set[str] = set()
-    unchosen: list[str] = []
+    unchosen: set[str] = set()
     for (option, value), paths in manifest.items():
-        formatted = [p.format(package=package) for p in paths]
-        if context[option] == value:
-            chosen.update(formatted)
-        else:
-            unchosen.extend(formatted)
-    # A path kept by a chosen value wins (e.g. migrations/ stays with Postgres
-    # even though no example API was chosen).
-    return sorted(p for p in set(unchosen) if p not in chosen)
+        if context[option] != value:
+            unchosen.update(p.format(package=package) for p in paths)
+    return sorted(unchosen)
 
 
 def remove_paths(project_dir: Path, paths: Iterable[str]) -> None:

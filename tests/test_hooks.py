@@ -92,6 +92,22 @@ def test_a_path_kept_by_a_chosen_value_is_not_removed() -> None:
     assert "migrations" not in removed
 
 
+@pytest.mark.parametrize(
+    ("metrics", "postgres", "kept"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_a_path_owned_by_two_values_needs_both(metrics: bool, postgres: bool, kept: bool) -> None:
+    manifest: dict[tuple[str, object], tuple[str, ...]] = {
+        ("use_metrics", True): ("tests/test_metrics.py", "tests/test_metrics_db.py"),
+        ("use_postgres", True): ("src/{package}/db.py", "tests/test_metrics_db.py"),
+    }
+    context = context_of(use_metrics=metrics, use_postgres=postgres)
+    removed = post.paths_to_remove(context, manifest)
+    assert ("tests/test_metrics_db.py" not in removed) is kept
+    assert ("tests/test_metrics.py" not in removed) is metrics
+    assert ("src/my_service/db.py" not in removed) is postgres
+
+
 def test_remove_paths_deletes_files_and_trees(tmp_path: Path) -> None:
     (tmp_path / "tree" / "sub").mkdir(parents=True)
     (tmp_path / "tree" / "sub" / "f").write_text("x")

@@ -25,3 +25,43 @@ def test_every_manifest_key_is_a_real_option_value() -> None:
 def test_hook_choices_match_cookiecutter_json() -> None:
     for option, allowed in CHOICES.items():
         assert sorted(allowed) == sorted(COOKIECUTTER_JSON[option]), option
+
+
+# Jinja conditionals in Python belong to the wiring; everywhere else an option owns
+# files (pruned by MANIFEST) rather than `{% if %}` blocks. A file leaves this list
+# when its last conditional goes; a file joins it only with a reason.
+PYTHON_WITH_CONDITIONALS = {
+    # The app factory and lifespan: which clients, probes and instrumentation exist.
+    f"src/{PACKAGE_DIR}/main.py",
+    # The configuration: every option's settings and their validation.
+    f"src/{PACKAGE_DIR}/settings.py",
+    # The process's entry point: which server, and what it needs before serving.
+    f"src/{PACKAGE_DIR}/__main__.py",
+    # gunicorn's own configuration: the metrics hooks of the master process.
+    "gunicorn.conf.py",
+    # The API's router registry: the example resource's router.
+    f"src/{PACKAGE_DIR}/api/__init__.py",
+    # Alembic's registry of models: the example resource's table.
+    "migrations/env.py",
+    # The list of option-owned test plugins.
+    "tests/conftest.py",
+    # The stateful run needs the example's OpenAPI links (none: Schemathesis refuses).
+    "tests/test_contract.py",
+    # The Redis password check needs a real database password beside it, with Postgres.
+    "tests/test_settings_cache.py",
+    # Not split yet: the request path's logging and metrics, under other work (issue #14).
+    f"src/{PACKAGE_DIR}/access_log.py",
+    f"src/{PACKAGE_DIR}/logging_config.py",
+    f"src/{PACKAGE_DIR}/metrics.py",
+}
+
+
+def test_python_conditionals_stay_in_the_wiring() -> None:
+    found = {
+        path.relative_to(TEMPLATE_PROJECT).as_posix()
+        for path in TEMPLATE_PROJECT.rglob("*.py")
+        if "{%" in path.read_text()
+    }
+    outside = found - PYTHON_WITH_CONDITIONALS
+    assert outside == set(), "give the option a file of its own (MANIFEST) instead"
+    assert PYTHON_WITH_CONDITIONALS - found == set(), "no conditional left: take it off the list"

@@ -13,9 +13,8 @@ from {{ cookiecutter.package_name }}.settings import load_settings
 # a bad variable stops the master instead of crash-looping every worker.
 _settings = load_settings()
 
-# Loaded in each worker after the fork (no preload_app){% if cookiecutter.use_tracing %}: tracing's export
-# thread{% if cookiecutter.use_metrics %} and the metrics files{% endif %} must belong to the worker{% elif cookiecutter.use_metrics %}: the metrics files
-# must belong to the worker{% endif %}.
+# Loaded in each worker after the fork (no preload_app): whatever the app starts
+# (a background thread, a per-process file) must belong to the worker using it.
 wsgi_app = "{{ cookiecutter.package_name }}.main:create_app()"
 # uvicorn-worker replaces the deprecated uvicorn.workers module.
 worker_class = "uvicorn_worker.UvicornWorker"

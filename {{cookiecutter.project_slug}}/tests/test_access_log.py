@@ -110,11 +110,7 @@ async def test_probes_are_logged_only_when_asked(
 ) -> None:
     async with serve(settings, access_log_probes=log_probes) as http:
         await http.get("/health/live")
-{%- if cookiecutter.use_metrics %}
-        await http.get("/metrics")
-{%- else %}
-        await http.get("/health/live")
-{%- endif %}
+        await http.get("/health/ready")
     assert len(access_lines(log_lines(capsys))) == expected
 
 

@@ -6,11 +6,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-{%- if cookiecutter.include_example_api %}
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-{%- endif %}
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
@@ -221,21 +216,3 @@ async def test_a_slow_query_is_a_bug_not_an_outage(settings: Settings) -> None:
         await engine.dispose()
     # The server cancelled it (query_canceled): the database is fine, the query is not.
     assert not is_unavailable(caught.value)
-{%- if cookiecutter.include_example_api %}
-
-
-async def test_the_test_database_is_migrated_to_head(app: FastAPI, client: AsyncClient) -> None:
-    heads = set(ScriptDirectory.from_config(Config("alembic.ini")).get_heads())
-    async with app.state.engine.connect() as connection:
-        result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-        current = set(result.scalars())
-    assert heads
-    assert current == heads
-
-
-@pytest.mark.services  # the migrated test database, without the app
-def test_models_and_migrations_do_not_drift(database_url: str) -> None:
-    # `alembic check` fails when autogenerate would write a new revision: a model was
-    # changed without a migration, or a migration without the model.
-    command.check(Config("alembic.ini"))
-{%- endif %}

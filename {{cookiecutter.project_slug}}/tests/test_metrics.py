@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .test_access_log import access_lines, log_lines, serve
 
 
 def add_nested_route(app: FastAPI) -> None:
@@ -49,9 +54,6 @@ async def test_requests_are_counted_by_route_template(app: FastAPI, client: Asyn
     names = {name for name, _ in samples}
     assert "http_request_duration_seconds_bucket" in names
     assert "http_requests_in_progress" in names
-{%- if cookiecutter.use_postgres %}
-    assert {"db_pool_connections_in_use", "db_pool_overflow"} <= names
-{%- endif %}
     labels = {value for _, pairs in samples for _, value in pairs}
     raw_paths = [value for value in labels if value.startswith("/outer/widgets/1")]
     assert raw_paths == []
@@ -72,3 +74,13 @@ async def test_unmatched_paths_share_one_label(client: AsyncClient) -> None:
 async def test_metrics_stay_out_of_the_openapi_schema(client: AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert "/metrics" not in schema["paths"]
+
+
+@pytest.mark.parametrize(("log_probes", "expected"), [(False, 0), (True, 1)])
+async def test_scrapes_are_access_logged_only_when_asked(
+    settings: Settings, capsys: pytest.CaptureFixture[str], log_probes: bool, expected: int
+) -> None:
+    # Polled like the health probes, so it is one of them for the access log.
+    async with serve(settings, access_log_probes=log_probes) as http:
+        await http.get("/metrics")
+    assert len(access_lines(log_lines(capsys))) == expected

@@ -8,14 +8,18 @@ the service name defaults to "{{ cookiecutter.project_slug }}".
 
 The provider is made by create_app, which runs in each worker after the fork
 (the app is never preloaded in a parent process): the batch span processor's
-export thread would not survive a fork. The lifespan instruments the clients
-and, at shutdown, flushes the spans still buffered.
+export thread would not survive a fork. The lifespan instruments each client as
+it opens it (main.py says which) and, at shutdown, flushes the spans still
+buffered.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry import trace
@@ -23,18 +27,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-{%- if cookiecutter.use_redis %}
-from opentelemetry.instrumentation.redis import RedisInstrumentor
-{%- endif %}
-{%- if cookiecutter.use_postgres %}
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-{%- endif %}
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-{%- if cookiecutter.use_postgres %}
-from sqlalchemy.ext.asyncio import AsyncEngine
-{%- endif %}
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 DEFAULT_SERVICE_NAME = "{{ cookiecutter.project_slug }}"
@@ -72,38 +67,29 @@ def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
     )
 
 
-def instrument_clients(provider: TracerProvider{% if cookiecutter.use_postgres %}, *engines: AsyncEngine{% endif %}) -> None:
-    """Spans for every {% if cookiecutter.use_postgres %}SQL statement, {% endif %}{% if cookiecutter.use_redis %}Redis command, {% endif %}and outgoing httpx request."""
-{%- if cookiecutter.use_postgres %}
-    # Its declared range lags SQLAlchemy releases (it refuses 2.1 although the
-    # event API it uses is unchanged); tests/test_tracing.py proves the SQL span.
-    SQLAlchemyInstrumentor().instrument(
-        engines=[engine.sync_engine for engine in engines],
-        tracer_provider=provider,
-        skip_dep_check=True,
-    )
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    RedisInstrumentor().instrument(tracer_provider=provider)
-{%- endif %}
-    # httpx is not a runtime dependency until the service calls out with it;
-    # instrumenting a missing library would log an error at every start.
-    if importlib.util.find_spec("httpx") is not None:
-        HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+@contextmanager
+def instrumented(
+    provider: TracerProvider, instrumentor: BaseInstrumentor, **options: Any
+) -> Iterator[None]:
+    """Spans for every call through one client library, until the block exits.
 
-
-def shutdown(provider: TracerProvider) -> None:
-    """Undo the client instrumentation and export the spans still buffered."""
-    instrumentors: list[BaseInstrumentor] = [
-        HTTPXClientInstrumentor(),
-{%- if cookiecutter.use_postgres %}
-        SQLAlchemyInstrumentor(),
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-        RedisInstrumentor(),
-{%- endif %}
-    ]
-    for instrumentor in instrumentors:
+    The lifespan enters one for each client it opens, with the options that
+    client's instrumentor takes, on its exit stack: the instrumentation is
+    removed at shutdown, before the provider flushes.
+    """
+    instrumentor.instrument(tracer_provider=provider, **options)
+    try:
+        yield
+    finally:
+        # instrument() declines, logging why, on a dependency conflict: nothing to undo then.
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
-    provider.shutdown()
+
+
+def instrumented_httpx(provider: TracerProvider) -> AbstractContextManager[None]:
+    """Spans for outgoing httpx requests, once the service depends on httpx."""
+    # httpx is not a runtime dependency until the service calls out with it;
+    # instrumenting a missing library would log an error at every start.
+    if importlib.util.find_spec("httpx") is None:
+        return nullcontext()
+    return instrumented(provider, HTTPXClientInstrumentor())
