@@ -39,6 +39,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/plugins/db.py",
         "tests/test_settings_db.py",
         "tests/test_health_db.py",
+        "src/{package}/metrics_db.py",
         "tests/test_metrics_db.py",
     ),
     ("use_redis", True): (
@@ -63,6 +64,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_metrics", True): (
         "src/{package}/metrics.py",
         "tests/test_metrics.py",
+        "src/{package}/metrics_db.py",
         "tests/test_metrics_db.py",
     ),
     ("use_tracing", True): (

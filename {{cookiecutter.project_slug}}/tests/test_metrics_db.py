@@ -1,4 +1,4 @@
-"""/metrics and the database: the request pool's gauges (metrics.observe_pool)."""
+"""/metrics and the database: the request pool's gauges (metrics_db.observe_pool)."""
 
 from __future__ import annotations
 

@@ -22,13 +22,6 @@ from {{ cookiecutter.package_name }}.logging_config import ACCESS_LOGGER, reques
 
 logger = logging.getLogger(ACCESS_LOGGER)
 
-# Polled every few seconds by the orchestrator{% if cookiecutter.use_metrics %} and by Prometheus{% endif %}: logging each
-# poll would bury the real traffic (ACCESS_LOG_PROBES=true logs them too).
-PROBE_PREFIX = "/health/"
-{%- if cookiecutter.use_metrics %}
-METRICS_PATH = "/metrics"
-{%- endif %}
-
 
 def route_template(scope: Scope) -> str | None:
     """The matched route's template (``/api/orders/{order_id}``), once routing ran.
@@ -47,10 +40,6 @@ def route_template(scope: Scope) -> str | None:
     return template
 
 
-def is_probe(path: str) -> bool:
-    return path.startswith(PROBE_PREFIX){% if cookiecutter.use_metrics %} or path == METRICS_PATH{% endif %}
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -60,8 +49,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, *, log_probes: bool = False) -> None:
+    """``probe_paths``: path prefixes that machines poll every few seconds (the
+    orchestrator's health checks, a monitoring system's scrapes). A line per poll
+    would bury the real traffic: they are left out unless ``log_probes``
+    (ACCESS_LOG_PROBES=true).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, probe_paths: tuple[str, ...], log_probes: bool = False
+    ) -> None:
         self.app = app
+        self.probe_paths = probe_paths
         self.log_probes = log_probes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,7 +67,7 @@ class AccessLogMiddleware:
             scope["type"] != "http"
             # LOG_LEVEL=WARNING and above: nothing to write, so nothing to measure.
             or not logger.isEnabledFor(logging.INFO)
-            or (not self.log_probes and is_probe(scope["path"]))
+            or (not self.log_probes and scope["path"].startswith(self.probe_paths))
         ):
             await self.app(scope, receive, send)
             return
@@ -108,5 +106,5 @@ class AccessLogMiddleware:
             )
 
 
-def install_access_log(app: FastAPI, *, log_probes: bool) -> None:
-    app.add_middleware(AccessLogMiddleware, log_probes=log_probes)
+def install_access_log(app: FastAPI, *, probe_paths: list[str], log_probes: bool) -> None:
+    app.add_middleware(AccessLogMiddleware, probe_paths=tuple(probe_paths), log_probes=log_probes)

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from starlette.datastructures import State
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/health", tags=["health"])
+PREFIX = "/health"
+router = APIRouter(prefix=PREFIX, tags=["health"])
 
 CheckStatus = Literal["ok", "error", "timeout"]
 Probe = Callable[[], Awaitable[None]]

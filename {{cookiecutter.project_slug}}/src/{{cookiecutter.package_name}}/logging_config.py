@@ -9,10 +9,6 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
-{%- if cookiecutter.use_tracing %}
-
-from opentelemetry import trace
-{%- endif %}
 
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error"{% if cookiecutter.server == "gunicorn" %}, "gunicorn.error"{% endif %})
 # The server's own access line is replaced by the app's (access_log.py), which has
@@ -47,13 +43,6 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             payload["request_id"] = request_id
-{%- if cookiecutter.use_tracing %}
-        # Hex ids as in W3C traceparent, so a log line leads to its trace and back.
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            payload["trace_id"] = format(span.trace_id, "032x")
-            payload["span_id"] = format(span.span_id, "016x")
-{%- endif %}
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and key not in payload:
                 payload[key] = value

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import {% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
+from {{ cookiecutter.package_name }} import {% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
 from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources.push_async_callback(health_engine.dispose)
         app.state.readiness_probes["database"] = partial(db.ping, health_engine)
 {%- if cookiecutter.use_metrics %}
-        metrics.observe_pool(engine)
+        metrics_db.observe_pool(engine)
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
         if tracer_provider is not None:
@@ -141,10 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handling(app, dependencies)
     # Outside the error handling and inside the request id: they see the response the
     # client gets (the problem a failure became) and log it with the request's id.
+    # Polled every few seconds by machines: in the access log only with ACCESS_LOG_PROBES.
+    probe_paths = [f"{health.PREFIX}/"]
 {%- if cookiecutter.use_metrics %}
     metrics.install_metrics(app)
+    probe_paths.append(metrics.PATH)
 {%- endif %}
-    install_access_log(app, log_probes=settings.access_log_probes)
+    install_access_log(app, probe_paths=probe_paths, log_probes=settings.access_log_probes)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         # Outermost, so every response, the error responses built inside included,

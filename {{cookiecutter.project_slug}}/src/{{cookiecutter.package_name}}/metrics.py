@@ -1,4 +1,4 @@
-"""Prometheus metrics on ``/metrics``: requests, latency, concurrency{% if cookiecutter.use_postgres %} and the database pool{% endif %}.
+"""Prometheus metrics on ``/metrics``: requests, latency and concurrency.
 
 With several worker processes, each one writes its values to files under
 PROMETHEUS_MULTIPROC_DIR (set in the image, before anything imports
@@ -26,11 +26,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-{%- if cookiecutter.use_postgres %}
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import QueuePool
-{%- endif %}
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.access_log import route_template
@@ -55,23 +50,15 @@ LATENCY = Histogram(
 IN_PROGRESS = Gauge(
     "http_requests_in_progress", "HTTP requests being handled", multiprocess_mode="livesum"
 )
-{%- if cookiecutter.use_postgres %}
-POOL_IN_USE = Gauge(
-    "db_pool_connections_in_use",
-    "Database connections checked out of the pool",
-    multiprocess_mode="livesum",
-)
-POOL_OVERFLOW = Gauge(
-    "db_pool_overflow",
-    "Database connections open beyond DATABASE_POOL_SIZE (at most DATABASE_MAX_OVERFLOW)",
-    multiprocess_mode="livesum",
-)
-{%- endif %}
+
+# Polled by Prometheus, like the health probes by the orchestrator: the access log
+# leaves it out unless ACCESS_LOG_PROBES=true (see access_log.py).
+PATH = "/metrics"
 
 router = APIRouter()
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(PATH, include_in_schema=False)
 def metrics() -> Response:
     """A plain def on purpose: reading the workers' files is blocking I/O, so
     FastAPI runs it in its thread pool, off the event loop."""
@@ -134,29 +121,6 @@ def forget_dead_workers() -> None:
             mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated upstream
         except PermissionError:
             pass  # alive, owned by someone else
-{%- if cookiecutter.use_postgres %}
-
-
-def observe_pool(engine: AsyncEngine) -> None:
-    """Keep the pool gauges current from the pool's own events."""
-    pool = engine.sync_engine.pool
-    if not isinstance(pool, QueuePool):
-        return
-
-    def on_checkout(*_: object) -> None:
-        POOL_IN_USE.inc()
-        POOL_OVERFLOW.set(max(pool.overflow(), 0))
-
-    def on_checkin(*_: object) -> None:
-        POOL_IN_USE.dec()
-        # Fired before the connection goes back: the pool closes it (and its
-        # overflow shrinks by one) only if the pool is already full.
-        closes = pool.checkedin() >= pool.size()
-        POOL_OVERFLOW.set(max(pool.overflow() - closes, 0))
-
-    event.listen(pool, "checkout", on_checkout)
-    event.listen(pool, "checkin", on_checkin)
-{%- endif %}
 
 
 def install_metrics(app: FastAPI) -> None:

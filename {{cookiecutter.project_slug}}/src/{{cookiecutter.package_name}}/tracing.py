@@ -16,6 +16,7 @@ buffered.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -58,7 +59,22 @@ def create_tracer_provider() -> TracerProvider | None:
     return provider
 
 
+class TraceIdsInLogs(logging.Filter):
+    """Adds the current span's ids to each record: the JSON log line then carries them
+    (hex, as in W3C traceparent), so a log line leads to its trace and back."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            record.trace_id = format(span.trace_id, "032x")
+            record.span_id = format(span.span_id, "016x")
+        return True
+
+
 def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
+    """A span per request, and the ids of the current span in every log line."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TraceIdsInLogs())
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=provider,
