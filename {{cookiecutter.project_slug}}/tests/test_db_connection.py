@@ -89,11 +89,11 @@ async def test_turns_are_taken_in_arrival_order(settings: Settings) -> None:
     first_may_finish = asyncio.Event()
 
     async def first() -> None:
-        async with turns.turn():
+        async with turns:
             await first_may_finish.wait()
 
     async def request(number: int) -> None:
-        async with turns.turn():
+        async with turns:
             order.append(number)
             await asyncio.sleep(0)  # holds its turn across an await, like a query
 
@@ -111,11 +111,11 @@ async def test_turns_are_taken_in_arrival_order(settings: Settings) -> None:
 
 async def test_waiting_past_the_pool_timeout_for_a_turn_is_an_error(settings: Settings) -> None:
     turns = ConnectionTurns(one_connection(settings, timeout=0.05))
-    async with turns.turn():
+    async with turns:
         with pytest.raises(PoolTimeoutError):
-            async with turns.turn():
+            async with turns:
                 pass
-    async with turns.turn():  # the permit was given back, not lost with the timeout
+    async with turns:  # the permit was given back, not lost with the timeout
         pass
 
 

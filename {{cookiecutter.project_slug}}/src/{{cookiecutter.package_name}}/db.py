@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import asyncpg
@@ -127,8 +126,11 @@ class ConnectionTurns:
         )
         self._timeout = settings.database_pool_timeout_seconds
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    async def __aenter__(self) -> None:
+        if not self._permits.locked():
+            # A connection is free and nobody waits: taken at once, no timer to set.
+            await self._permits.acquire()
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 await self._permits.acquire()
@@ -137,10 +139,9 @@ class ConnectionTurns:
             raise PoolTimeoutError(
                 f"no database connection free within {self._timeout} s"
             ) from None
-        try:
-            yield
-        finally:
-            self._permits.release()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._permits.release()
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:
@@ -160,7 +161,7 @@ async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
     """
     engine: AsyncEngine = request.app.state.autocommit_engine
     turns: ConnectionTurns = request.app.state.connection_turns
-    async with turns.turn(), engine.connect() as connection:
+    async with turns, engine.connect() as connection:
         yield connection
 
 
@@ -173,7 +174,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     turns: ConnectionTurns = request.app.state.connection_turns
-    async with turns.turn():
+    async with turns:
         session = sessionmaker()
         try:
             yield session
