@@ -250,7 +250,7 @@ def test_stop_grace_period_outlasts_the_server_graceful_timeout(variant: str) ->
         source = (project / "gunicorn.conf.py").read_text()
         server = re.search(r"^graceful_timeout = (\d+)$", source, re.MULTILINE)
     else:
-        source = next((project / "src").glob("*/__main__.py")).read_text()
+        source = next((project / "src").glob("*/uvicorn_server.py")).read_text()
         server = re.search(r"timeout_graceful_shutdown=(\d+)", source)
     assert server is not None
     # Docker's SIGKILL must come after the server has given up on slow requests.

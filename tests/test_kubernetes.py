@@ -517,7 +517,7 @@ def test_grace_period_covers_prestop_and_the_server_graceful_timeout(
         source = (project / "gunicorn.conf.py").read_text()
         server = re.search(r"^graceful_timeout = (\d+)$", source, re.MULTILINE)
     else:
-        source = next((project / "src").glob("*/__main__.py")).read_text()
+        source = next((project / "src").glob("*/uvicorn_server.py")).read_text()
         server = re.search(r"timeout_graceful_shutdown=(\d+)", source)
     assert server is not None
     assert pre_stop >= 3, "endpoints need a moment to drop the pod before SIGTERM"

@@ -35,8 +35,8 @@ PYTHON_WITH_CONDITIONALS = {
     f"src/{PACKAGE_DIR}/main.py",
     # The configuration: every option's settings and their validation.
     f"src/{PACKAGE_DIR}/settings.py",
-    # The process's entry point: which server, and what it needs before serving.
-    f"src/{PACKAGE_DIR}/__main__.py",
+    # Starting uvicorn: the metrics directory its workers share, emptied first.
+    f"src/{PACKAGE_DIR}/uvicorn_server.py",
     # gunicorn's own configuration: the metrics hooks of the master process.
     "gunicorn.conf.py",
     # The API's router registry: the example resource's router.

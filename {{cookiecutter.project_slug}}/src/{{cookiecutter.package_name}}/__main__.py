@@ -2,65 +2,15 @@
 
 The container's CMD. The settings are checked before the server is even
 imported, so a bad variable stops the process once with one line naming it,
-instead of a traceback or workers that crash and respawn forever.
+instead of a traceback or workers that crash and respawn forever. How the
+chosen server starts is in its own module.
 """
 
 from __future__ import annotations
-{% if cookiecutter.server == "gunicorn" %}
-import sys
 
-from {{ cookiecutter.package_name }}.settings import load_settings
-{% else %}
-{%- if cookiecutter.use_metrics %}
-import os
-import shutil
-from pathlib import Path
-{% endif %}
-from {{ cookiecutter.package_name }}.logging_config import configure_logging
-from {{ cookiecutter.package_name }}.settings import load_settings
-{% endif %}
+from {{ cookiecutter.package_name }}.{{ cookiecutter.server }}_server import main
 
-def main() -> None:
-{%- if cookiecutter.server == "gunicorn" %}
-    load_settings()
-    # Imported only now: gunicorn parses WEB_CONCURRENCY while importing.
-    from gunicorn.app.wsgiapp import run
-
-    # Workers, bind, timeouts and logs are in gunicorn.conf.py.
-    sys.argv = [sys.argv[0], "--config", "gunicorn.conf.py"]
-    run(prog="gunicorn")
-{%- else %}
-    settings = load_settings()
-    # JSON logs from the supervising process too, not only from the workers.
-    configure_logging(settings.log_level)
-{%- if cookiecutter.use_metrics %}
-    # Workers write their metrics there (set in the image); start every run
-    # empty, or an earlier run's counts would be added to this one's.
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if metrics_dir:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        Path(metrics_dir).mkdir(parents=True)
-{%- endif %}
-    import uvicorn
-
-    uvicorn.run(
-        "{{ cookiecutter.package_name }}.main:create_app",
-        factory=True,
-        host="0.0.0.0",  # noqa: S104 - inside a container, listening on all interfaces is the point
-        port=settings.port,
-        workers=settings.web_concurrency,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        proxy_headers=True,
-        timeout_keep_alive=settings.keepalive_seconds,
-        # In-flight requests get 25 s after SIGTERM; compose.yaml's
-        # stop_grace_period is a little longer, so Docker never cuts them short.
-        timeout_graceful_shutdown=25,
-        log_config=None,
-        # The app writes its own access line (access_log.py).
-        access_log=False,
-    )
-{%- endif %}
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     main()
