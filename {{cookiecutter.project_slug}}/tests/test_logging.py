@@ -8,7 +8,11 @@ import logging
 
 import pytest
 
-from {{ cookiecutter.package_name }}.logging_config import ACCESS_LOGGER, BatchingStreamHandler
+from {{ cookiecutter.package_name }}.logging_config import (
+    ACCESS_LOGGER,
+    BatchingStreamHandler,
+    configure_logging,
+)
 
 
 class CountingStream(io.StringIO):
@@ -79,3 +83,11 @@ async def test_a_failed_write_is_reported_on_stderr_not_raised(
     await asyncio.sleep(0)  # the flush runs as a loop callback: it must not raise there
     handler.handle(record("an error", level=logging.ERROR))
     assert "the pipe is gone" in capsys.readouterr().err
+
+
+async def test_reconfiguring_writes_the_lines_still_waiting() -> None:
+    first = CountingStream()
+    configure_logging("INFO", first)
+    logging.getLogger(ACCESS_LOGGER).info("GET /last 200")
+    configure_logging("INFO", CountingStream())
+    assert "GET /last 200" in first.getvalue()

@@ -108,6 +108,8 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     handler = BatchingStreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
+    for previous in root.handlers:
+        previous.flush()  # access lines a batching handler still holds
     root.handlers[:] = [handler]
     root.setLevel(level)
     for name in SERVER_LOGGERS:
