@@ -16,6 +16,7 @@ import logging
 import time
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.logging_config import ACCESS_LOGGER, request_id_var
@@ -38,14 +39,6 @@ def route_template(scope: Scope) -> str | None:
         scope.get("route"), "path_format", None
     )
     return template
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            decoded: str = value.decode("latin-1")
-            return decoded
-    return None
 
 
 class AccessLogMiddleware:
@@ -101,7 +94,7 @@ class AccessLogMiddleware:
                     "duration_ms": duration_ms,
                     "request_id": request_id_var.get(),
                     "client": client[0] if client else None,
-                    "user_agent": _header(scope, b"user-agent"),
+                    "user_agent": Headers(scope=scope).get("user-agent"),
                 },
             )
 

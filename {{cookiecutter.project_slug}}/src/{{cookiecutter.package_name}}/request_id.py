@@ -9,24 +9,21 @@ from __future__ import annotations
 import re
 import secrets
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.logging_config import request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 # Accept a caller's id only if it is short and cannot smuggle log or header syntax.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def incoming_request_id(scope: Scope) -> str:
     """The caller's id when it is safe to repeat, else a new random one."""
-    for name, value in scope.get("headers", ()):
-        if name == _REQUEST_ID_HEADER_BYTES:
-            candidate: str = value.decode("latin-1")
-            if _VALID_REQUEST_ID.fullmatch(candidate):
-                return candidate
+    candidate = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    if candidate is not None and _VALID_REQUEST_ID.fullmatch(candidate):
+        return candidate
     # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID.
     return secrets.token_hex(16)
 
