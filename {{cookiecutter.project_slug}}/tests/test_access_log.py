@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from fastapi import APIRouter, FastAPI
 from httpx import ASGITransport, AsyncClient
+from starlette.types import Receive, Scope, Send
 
+from {{ cookiecutter.package_name }}.access_log import AccessLogMiddleware
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -122,3 +124,22 @@ async def test_log_level_governs_the_access_log(
         await http.get("/outer/things/7")
     assert len(access_lines(log_lines(capsys))) == expected
     assert logging.getLogger(ACCESS_LOGGER).getEffectiveLevel() == logging.getLevelName(level)
+
+
+@pytest.mark.parametrize(
+    ("path", "probe"),
+    [
+        ("/health", True),
+        ("/health/live", True),
+        ("/metrics", True),
+        ("/metrics-summary", False),
+        ("/healthy", False),
+        ("/api/health", False),
+    ],
+)
+def test_a_probe_is_its_path_or_what_lies_under_it(path: str, probe: bool) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+    middleware = AccessLogMiddleware(app, probe_paths=("/health", "/metrics"))
+    assert middleware.is_probe(path) is probe

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from {{ cookiecutter.package_name }}.db import ConnectionDep, ConnectionTurns, SessionDep
@@ -46,12 +46,14 @@ async def test_a_write_on_the_connection_is_committed_without_a_commit(
     async def write(connection: ConnectionDep) -> None:
         await connection.execute(text("CREATE TABLE written_alone (n int)"))
 
-    assert (await client.post("/write")).status_code == 200
-    async with app.state.engine.connect() as connection:
-        found = await connection.execute(text("SELECT to_regclass('written_alone')"))
-        assert found.scalar_one() is not None
-        await connection.execute(text("DROP TABLE written_alone"))
-        await connection.commit()
+    try:
+        assert (await client.post("/write")).status_code == 200
+        async with app.state.engine.connect() as connection:
+            found = await connection.execute(text("SELECT to_regclass('written_alone')"))
+            assert found.scalar_one() is not None
+    finally:
+        async with app.state.engine.begin() as connection:
+            await connection.execute(text("DROP TABLE IF EXISTS written_alone"))
 
 
 async def test_the_connection_is_released_before_the_response_is_sent(
@@ -137,6 +139,8 @@ async def test_a_request_that_waited_too_long_for_a_connection_is_a_503(
     async with app.router.lifespan_context(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://test") as http:
+            # The pool's one connection opened first: the short timeout is for the wait.
+            assert (await http.get("/reads")).status_code == 200
             holding = asyncio.create_task(http.get("/holds"))
             await asyncio.sleep(0.05)
             waited = await http.get("/reads")
@@ -145,3 +149,23 @@ async def test_a_request_that_waited_too_long_for_a_connection_is_a_503(
             assert (await http.get("/reads")).status_code == 200
     assert waited.status_code == 503
     assert waited.headers["retry-after"] == "5"
+
+
+async def test_a_request_refused_with_422_takes_no_connection(settings: Settings) -> None:
+    # The database is unreachable: a request that needed it would be a 503.
+    down = make_url(settings.database_sqlalchemy_url).set(host="127.0.0.1", port=1)
+    app = create_app(
+        settings.model_copy(update={"database_url": down.render_as_string(hide_password=False)})
+    )
+
+    @app.get("/things/{thing_id}")
+    async def thing(thing_id: int, connection: ConnectionDep) -> None:
+        await connection.execute(text("SELECT 1"))
+
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            refused = await http.get("/things/not-a-number")
+            needed = await http.get("/things/1")
+    assert refused.status_code == 422
+    assert needed.status_code == 503

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from select import PIPE_BUF
 
 import pytest
 
@@ -20,10 +21,14 @@ class CountingStream(io.StringIO):
 
     def __init__(self) -> None:
         super().__init__()
-        self.writes = 0
+        self.written: list[str] = []
+
+    @property
+    def writes(self) -> int:
+        return len(self.written)
 
     def write(self, text: str) -> int:
-        self.writes += 1
+        self.written.append(text)
         return super().write(text)
 
 
@@ -66,6 +71,21 @@ async def test_any_other_record_is_written_at_once_after_the_waiting_lines() -> 
     assert stream.getvalue() == "GET / 200\nShutting down\n"
     await asyncio.sleep(0)  # the turn's own flush finds nothing left to write
     assert stream.writes == 1
+
+
+async def test_no_write_is_longer_than_a_pipe_keeps_whole_and_none_splits_a_line() -> None:
+    stream = CountingStream()
+    handler = handler_on(stream)
+    lines = [f"GET /{number} 200 " + "é" * 150 + "x" * 150 for number in range(40)]
+    for line in lines:
+        handler.handle(record(line))
+    handler.handle(record("y" * (PIPE_BUF + 10)))  # longer than the limit: alone
+    await asyncio.sleep(0)
+    assert stream.getvalue().splitlines() == [*lines, "y" * (PIPE_BUF + 10)]
+    assert 1 < stream.writes < len(lines)
+    for written in stream.written[:-1]:
+        assert len(written.encode()) <= PIPE_BUF
+        assert written.endswith("\n")
 
 
 def test_outside_an_event_loop_each_line_is_written_at_once() -> None:

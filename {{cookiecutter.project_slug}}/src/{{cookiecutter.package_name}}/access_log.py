@@ -42,25 +42,29 @@ def route_template(scope: Scope) -> str | None:
 
 
 class AccessLogMiddleware:
-    """``probe_paths``: path prefixes that machines poll every few seconds (the
-    orchestrator's health checks, a monitoring system's scrapes). A line per poll
-    would bury the real traffic: they are left out unless ``log_probes``
-    (ACCESS_LOG_PROBES=true).
+    """``probe_paths``: the paths that machines poll every few seconds (the
+    orchestrator's health checks, a monitoring system's scrapes), each with what lies
+    under it. A line per poll would bury the real traffic: they are left out unless
+    ``log_probes`` (ACCESS_LOG_PROBES=true).
     """
 
     def __init__(
         self, app: ASGIApp, *, probe_paths: tuple[str, ...], log_probes: bool = False
     ) -> None:
         self.app = app
-        self.probe_paths = probe_paths
+        self.probe_paths = frozenset(probe_paths)
+        self.probe_prefixes = tuple(f"{path}/" for path in probe_paths)
         self.log_probes = log_probes
+
+    def is_probe(self, path: str) -> bool:
+        return path in self.probe_paths or path.startswith(self.probe_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
             # LOG_LEVEL=WARNING and above: nothing to write, so nothing to measure.
             or not logger.isEnabledFor(logging.INFO)
-            or (not self.log_probes and scope["path"].startswith(self.probe_paths))
+            or (not self.log_probes and self.is_probe(scope["path"]))
         ):
             await self.app(scope, receive, send)
             return

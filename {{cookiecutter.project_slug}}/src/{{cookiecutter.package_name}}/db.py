@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import event, text
+from sqlalchemy import CursorResult, Executable, event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -116,9 +117,10 @@ class ConnectionTurns:
     to the one that waited longest (a woken waiter that lost the race queues again at the
     back), so with every connection busy a few requests waited many times longer than the
     rest: in the template's benchmark p99 was 19 times p50, 5 times with these turns.
-    asyncio.Semaphore serves waiters first come, first served; with one permit per
-    connection no request waits in the pool itself, and the pool's timeout applies to
-    the wait for a turn.
+    asyncio.Semaphore serves waiters first come, first served, with one permit per
+    connection, and the pool's timeout applies to the wait for a turn. Only
+    ConnectionDep takes turns: a session (SessionDep) and work outside requests use the
+    pool as it is, so that no request ever holds one permit while it waits for another.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -154,16 +156,45 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """One autocommit connection per request, back in the pool when the endpoint returns.
+class RequestConnection:
+    """A request's autocommit connection, taken from the pool at its first statement.
 
-    Nothing to roll back: each statement committed or failed on its own. A connection the
-    server dropped is invalidated by the pool on its way back, without raising here.
+    FastAPI runs a route's dependencies before it validates the request: a connection
+    taken in the dependency itself would be checked out for a request then refused with
+    a 422, and would turn that 422 into a 503 while the database is down.
     """
-    engine: AsyncEngine = request.app.state.autocommit_engine
-    turns: ConnectionTurns = request.app.state.connection_turns
-    async with turns, engine.connect() as connection:
+
+    def __init__(self, engine: AsyncEngine, turns: ConnectionTurns) -> None:
+        self._engine = engine
+        self._turns = turns
+        self._resources = AsyncExitStack()
+        self._connection: AsyncConnection | None = None
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[Any]:
+        if self._connection is None:
+            await self._resources.enter_async_context(self._turns)
+            self._connection = await self._resources.enter_async_context(self._engine.connect())
+        return await self._connection.execute(statement, parameters)
+
+    async def close(self) -> None:
+        """Back to the pool, then the turn to the next request. A connection the server
+        dropped is invalidated by the pool on its way back, without raising here: nothing
+        is left to roll back, each statement committed or failed on its own."""
+        self._connection = None
+        await self._resources.aclose()
+
+
+async def get_connection(request: Request) -> AsyncIterator[RequestConnection]:
+    """One autocommit connection per request, back in the pool when the endpoint returns."""
+    connection = RequestConnection(
+        request.app.state.autocommit_engine, request.app.state.connection_turns
+    )
+    try:
         yield connection
+    finally:
+        await connection.close()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -174,13 +205,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     logged, and the connection is invalidated instead of returned to the pool.
     """
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    turns: ConnectionTurns = request.app.state.connection_turns
-    async with turns:
-        session = sessionmaker()
-        try:
-            yield session
-        finally:
-            await close_quietly(session)
+    session = sessionmaker()
+    try:
+        yield session
+    finally:
+        await close_quietly(session)
 
 
 async def close_quietly(session: AsyncSession) -> None:
@@ -199,7 +228,7 @@ async def close_quietly(session: AsyncSession) -> None:
 
 # scope="function": released when the endpoint returns, not after the response is sent,
 # so a slow client or a long body never holds a pooled connection (idle in transaction).
-ConnectionDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
+ConnectionDep = Annotated[RequestConnection, Depends(get_connection, scope="function")]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 

@@ -6,8 +6,10 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from select import PIPE_BUF
 from typing import TextIO
 
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error"{% if cookiecutter.server == "gunicorn" %}, "gunicorn.error"{% endif %})
@@ -52,7 +54,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class BatchingStreamHandler(logging.StreamHandler[TextIO]):
-    """Writes the access lines of one turn of the event loop with one system call.
+    """Writes the access lines of one turn of the event loop in as few writes as it can.
 
     Under load, many requests end in the same turn of the loop, and writing each access
     line on its own (stdout is unbuffered in the image: each write is a system call, and
@@ -61,6 +63,10 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
     other record is written at once, with the waiting lines before it, in order. That
     keeps the server's own lines prompt, the last ones before a worker exits included
     (uvicorn ends a worker by re-raising SIGTERM, which runs no exit handlers).
+
+    Every worker writes to the same stdout pipe, and a pipe keeps a write whole only up
+    to PIPE_BUF bytes: a longer one may interleave with another worker's and break a
+    line in two. So the lines go out in writes of whole lines up to PIPE_BUF each.
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -87,15 +93,29 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            if not self._pending:
-                return
-            text = "".join(self._pending)
-            self._pending.clear()
+            lines, self._pending = self._pending, []
             try:
-                self.stream.write(text)
-                self.stream.flush()
+                for chunk in whole_lines_up_to(PIPE_BUF, lines):
+                    self.stream.write(chunk)
+                    self.stream.flush()
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": "writing log lines failed"}))
+
+
+def whole_lines_up_to(limit: int, lines: list[str]) -> Iterator[str]:
+    """The lines joined into chunks of at most ``limit`` UTF-8 bytes, never splitting
+    one; a line longer than the limit is a chunk of its own."""
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line) if line.isascii() else len(line.encode())
+        if chunk and size + length > limit:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        yield "".join(chunk)
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:

@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outside the error handling and inside the request id: they see the response the
     # client gets (the problem a failure became) and log it with the request's id.
     # Polled every few seconds by machines: in the access log only with ACCESS_LOG_PROBES.
-    probe_paths = [f"{health.PREFIX}/"]
+    probe_paths = [health.PREFIX]
 {%- if cookiecutter.use_metrics %}
     metrics.install_metrics(app)
     probe_paths.append(metrics.PATH)
