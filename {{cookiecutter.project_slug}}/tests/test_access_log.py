@@ -131,8 +131,8 @@ async def test_log_level_governs_the_access_log(
     [
         ("/health", True),
         ("/health/live", True),
-        ("/metrics", True),
-        ("/metrics-summary", False),
+        ("/status", True),
+        ("/status-page", False),
         ("/healthy", False),
         ("/api/health", False),
     ],
@@ -141,5 +141,5 @@ def test_a_probe_is_its_path_or_what_lies_under_it(path: str, probe: bool) -> No
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
 
-    middleware = AccessLogMiddleware(app, probe_paths=("/health", "/metrics"))
+    middleware = AccessLogMiddleware(app, probe_paths=("/health", "/status"))
     assert middleware.is_probe(path) is probe
