@@ -116,7 +116,7 @@ class ConnectionTurns:
     SQLAlchemy's async pool gives a returned connection to whichever task asks next, not
     to the one that waited longest (a woken waiter that lost the race queues again at the
     back), so with every connection busy a few requests waited many times longer than the
-    rest: in the template's benchmark p99 was 19 times p50, 5 times with these turns.
+    rest: in the template's benchmark p99 was 19 times p50, 3 times with these turns.
     asyncio.Semaphore serves waiters first come, first served, with one permit per
     connection, and the pool's timeout applies to the wait for a turn. Only
     ConnectionDep takes turns: a session (SessionDep) and work outside requests use the
