@@ -24,6 +24,17 @@ async def ready_and_live(settings: Settings) -> tuple[Response, Response]:
             return await http.get("/health/ready"), await http.get("/health/live")
 
 
+async def assert_unready_naming(broken: Settings, check: str) -> None:
+    """A dependency down: ready is a 503 naming its check, live stays 200."""
+    ready, live = await ready_and_live(broken)
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "error"
+    # Anonymous probes learn that a check failed, not which driver raised what.
+    assert body["checks"][check] == {"status": "error", "detail": "unreachable"}
+    assert live.status_code == 200
+
+
 async def test_live_touches_no_dependency(client: AsyncClient) -> None:
     response = await client.get("/health/live")
     assert response.status_code == 200
