@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 {% if cookiecutter.include_example_api -%}
 import {{ cookiecutter.package_name }}.models  # noqa: F401 - registers tables
 {% endif -%}
-from {{ cookiecutter.package_name }}.db import Base
+from {{ cookiecutter.package_name }}.db import Base, connect_when_up
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 
@@ -82,8 +82,12 @@ async def run_migrations_online(settings: Settings) -> None:
         connect_args={"server_settings": settings.database_server_settings},
     )
     try:
-        async with engine.connect() as connection:
+        # The job may start together with the database (compose.yaml): wait for it.
+        connection = await connect_when_up(engine, settings.migration_connect_timeout_seconds)
+        try:
             await connection.run_sync(_run_migrations, settings)
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -11,8 +12,16 @@ from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-from {{ cookiecutter.package_name }}.db import SessionDep, create_engine, is_unavailable
+from {{ cookiecutter.package_name }}.db import (
+    SessionDep,
+    connect_when_up,
+    create_engine,
+    is_misconfigured,
+    is_unavailable,
+)
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -216,3 +225,90 @@ async def test_a_slow_query_is_a_bug_not_an_outage(settings: Settings) -> None:
         await engine.dispose()
     # The server cancelled it (query_canceled): the database is fine, the query is not.
     assert not is_unavailable(caught.value)
+
+
+class LateDatabase:
+    """A TCP relay to the test database on a port of its own, which opens only when
+    ``open`` is called: a database that starts after the job that needs it. It counts
+    the connections it relayed."""
+
+    def __init__(self, settings: Settings) -> None:
+        url = make_url(settings.database_sqlalchemy_url)
+        self.target = (url.host or "localhost", url.port or 5432)
+        with socket.socket() as probe:  # a port nothing listens on, until open()
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.url = url.set(host="127.0.0.1", port=self.port)
+        self.relayed = 0
+        self._server: asyncio.Server | None = None
+
+    def engine(self, password: str | None = None) -> AsyncEngine:
+        url = self.url if password is None else self.url.set(password=password)
+        return create_async_engine(url.render_as_string(hide_password=False), poolclass=NullPool)
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.relayed += 1
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+
+async def test_a_job_waits_for_a_database_that_starts_after_it(settings: Settings) -> None:
+    database = LateDatabase(settings)
+    engine = database.engine()
+    try:
+        connecting = asyncio.create_task(connect_when_up(engine, timeout_seconds=30))
+        await asyncio.sleep(0.3)
+        assert not connecting.done(), "it gave up on a database that was not up yet"
+        await database.open()
+        connection = await connecting
+        try:
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+        finally:
+            await connection.close()
+    finally:
+        await engine.dispose()
+        await database.close()
+
+
+async def test_a_job_does_not_wait_out_wrong_credentials(settings: Settings) -> None:
+    database = LateDatabase(settings)
+    await database.open()
+    engine = database.engine(password="not-the-password")
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            await connect_when_up(engine, timeout_seconds=30)
+    finally:
+        await engine.dispose()
+        await database.close()
+    assert is_misconfigured(caught.value)
+    assert database.relayed == 1, "it tried again with credentials that cannot work"
+
+
+async def test_a_job_stops_waiting_for_the_database_after_its_timeout(
+    settings: Settings,
+) -> None:
+    engine = LateDatabase(settings).engine()  # never opened
+    try:
+        with pytest.raises(OSError) as caught:
+            await connect_when_up(engine, timeout_seconds=0.3)
+    finally:
+        await engine.dispose()
+    assert is_unavailable(caught.value)

@@ -110,6 +110,41 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
+async def connect_when_up(engine: AsyncEngine, timeout_seconds: float) -> AsyncConnection:
+    """A connection, once the database accepts one: waits up to ``timeout_seconds``.
+
+    For a job that starts together with the database (migrations/env.py): compose starts
+    the migrate job as soon as the database's container has started, rather than after its
+    next health check, and Kubernetes rolls both out at once; the job connects the moment
+    the server accepts, instead of failing. Only "not accepting connections yet" is waited
+    out (refused, starting up, not resolvable yet): wrong credentials and anything else
+    fail at once. A dozen lines, so written here rather than adding a retry library.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_seconds
+    pause = 0.05
+    waited = False
+    while True:
+        connection = engine.connect()
+        try:
+            await connection.start()
+        except Exception as error:
+            if not is_unavailable(error) or is_misconfigured(error):
+                raise
+            if loop.time() + pause > deadline:
+                logger.error("the database did not accept a connection in time")
+                raise
+            if not waited:
+                logger.info("waiting for the database", extra={"error": repr(error)})
+                waited = True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            continue
+        if waited:
+            logger.info("the database accepted the connection")
+        return connection
+
+
 class ConnectionTurns:
     """Hands the pool's connections to requests in the order they asked for them.
 

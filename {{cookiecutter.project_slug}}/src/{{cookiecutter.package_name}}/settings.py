@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # request behind them), and one migration statement may run at most this long.
     migration_lock_timeout_seconds: float = Field(default=10.0, gt=0)
     migration_statement_timeout_seconds: float = Field(default=900.0, gt=0)
+    # The migrate job may start together with the database: it waits this long for the
+    # database to accept connections (db.connect_when_up) before it fails.
+    migration_connect_timeout_seconds: float = Field(default=60.0, gt=0)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
