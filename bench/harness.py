@@ -285,14 +285,15 @@ def timeline(stack: Stack, origin: datetime) -> dict[str, dict[str, float | None
 def memory(container: str) -> dict[str, Any]:
     """RSS (and PSS where /proc is readable) of a container's server processes.
 
-    Health-check probes that happen to run are left out: they are not the server.
+    Health-check probes that happen to run, or have just exited (a zombie until
+    reaped), are left out: they are not the server.
     """
     table = sh(["docker", "top", container, "-o", "pid,rss,args"]).splitlines()[1:]
     processes: list[dict[str, Any]] = []
     rss_total, pss_total, pss_known = 0, 0, True
     for line in table:
         pid, rss_kib, args = line.split(None, 2)
-        if "healthcheck" in args:
+        if "healthcheck" in args or args.endswith("<defunct>"):
             continue
         pss_kib: int | None = None
         try:

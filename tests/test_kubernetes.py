@@ -465,6 +465,12 @@ def test_job_and_deployment_run_the_same_image_hardened_alike(
         spec = job["spec"]
         assert spec["backoffLimit"] >= 1 and spec["activeDeadlineSeconds"] > 0
         assert spec["ttlSecondsAfterFinished"] > 0
+        # Every attempt may wait its whole connect timeout for a database rolled out
+        # beside it: all of them (with the back-off between) fit in the Job's deadline.
+        env = {e["name"]: e.get("value") for e in job_template["spec"]["containers"][0]["env"]}
+        attempts = spec["backoffLimit"] + 1
+        waits = attempts * float(env["MIGRATION_CONNECT_TIMEOUT_SECONDS"])
+        assert waits + 10 * (2**attempts - 1) < spec["activeDeadlineSeconds"]
         # Named per release, so a new image is a new Job (a pod template cannot change).
         tag = image.rsplit(":", 1)[1]
         assert job["metadata"]["name"] == f"{slug}-migrate-{tag}"

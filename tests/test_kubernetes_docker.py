@@ -225,7 +225,7 @@ def test_the_job_migrates_and_the_gate_waits_for_it(
     for figure in record_property_module:
         record_property("figure", figure)
     env = resolve_env(migrated.job["spec"]["template"]["spec"]["containers"][0], migrated.docs)
-    assert set(env) == {"DATABASE_URL"}
+    assert set(env) == {"DATABASE_URL", "MIGRATION_CONNECT_TIMEOUT_SECONDS"}
     assert "@postgres:5432/" in env["DATABASE_URL"]
 
 

@@ -79,7 +79,12 @@ async def run_migrations_online(settings: Settings) -> None:
     engine = create_async_engine(
         settings.database_sqlalchemy_url,
         poolclass=NullPool,
-        connect_args={"server_settings": settings.database_server_settings},
+        connect_args={
+            # One connection attempt: a server that never answers it (packets dropped
+            # while it starts) is tried again after this, within the overall wait.
+            "timeout": settings.database_pool_timeout_seconds,
+            "server_settings": settings.database_server_settings,
+        },
     )
     try:
         # The job may start together with the database (compose.yaml): wait for it.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -228,30 +229,39 @@ async def test_a_slow_query_is_a_bug_not_an_outage(settings: Settings) -> None:
 
 
 class LateDatabase:
-    """A TCP relay to the test database on a port of its own, which opens only when
-    ``open`` is called: a database that starts after the job that needs it. It counts
-    the connections it relayed."""
+    """A TCP relay to the test database that starts accepting only when ``open`` is
+    called: a database that starts after the job that needs it. Until then its port is
+    bound but not listening, so connections are refused and no one else can take it. It
+    counts the connections it relayed."""
 
     def __init__(self, settings: Settings) -> None:
         url = make_url(settings.database_sqlalchemy_url)
         self.target = (url.host or "localhost", url.port or 5432)
-        with socket.socket() as probe:  # a port nothing listens on, until open()
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self.url = url.set(host="127.0.0.1", port=self.port)
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.url = url.set(host="127.0.0.1", port=self._socket.getsockname()[1])
         self.relayed = 0
         self._server: asyncio.Server | None = None
 
     def engine(self, password: str | None = None) -> AsyncEngine:
         url = self.url if password is None else self.url.set(password=password)
-        return create_async_engine(url.render_as_string(hide_password=False), poolclass=NullPool)
+        # No TLS to a relay on loopback: one attempt is one connection.
+        return create_async_engine(
+            url.render_as_string(hide_password=False),
+            poolclass=NullPool,
+            connect_args={"ssl": False},
+        )
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self._socket.listen()
+        self._server = await asyncio.start_server(self._relay, sock=self._socket)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._server is None:
+            self._socket.close()
+            return
+        self._server.close()
+        await self._server.wait_closed()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.relayed += 1
@@ -302,13 +312,42 @@ async def test_a_job_does_not_wait_out_wrong_credentials(settings: Settings) -> 
     assert database.relayed == 1, "it tried again with credentials that cannot work"
 
 
-async def test_a_job_stops_waiting_for_the_database_after_its_timeout(
-    settings: Settings,
+async def test_a_job_stops_waiting_for_the_database_at_its_timeout(
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = LateDatabase(settings).engine()  # never opened
+    database = LateDatabase(settings)  # never opened: refused until the end
+    engine = database.engine()
     try:
-        with pytest.raises(OSError) as caught:
-            await connect_when_up(engine, timeout_seconds=0.3)
+        with caplog.at_level(logging.INFO), pytest.raises(TimeoutError, match=r"within 0\.5 s"):
+            await connect_when_up(engine, timeout_seconds=0.5)
     finally:
         await engine.dispose()
-    assert is_unavailable(caught.value)
+        await database.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert "waiting for the database" in messages, "it gave up without retrying"
+
+
+async def test_a_job_stops_waiting_for_a_database_that_never_answers(settings: Settings) -> None:
+    # Accepts the connection and never says a word: each attempt hangs; the wait does not.
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    silent = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    url = make_url(settings.database_sqlalchemy_url).set(host="127.0.0.1", port=port)
+    engine = create_async_engine(url.render_as_string(hide_password=False), poolclass=NullPool)
+    try:
+        with pytest.raises(TimeoutError, match=r"within 0\.5 s"):
+            await connect_when_up(engine, timeout_seconds=0.5)
+    finally:
+        await engine.dispose()
+        silent.close()
+        for writer in held:
+            writer.close()
+        await silent.wait_closed()
+
+
+def test_a_certificate_that_does_not_verify_is_a_misconfiguration() -> None:
+    assert is_misconfigured(ssl.SSLCertVerificationError("certificate verify failed"))

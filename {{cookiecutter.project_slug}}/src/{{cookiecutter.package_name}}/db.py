@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
@@ -111,14 +112,16 @@ async def ping(engine: AsyncEngine) -> None:
 
 
 async def connect_when_up(engine: AsyncEngine, timeout_seconds: float) -> AsyncConnection:
-    """A connection, once the database accepts one: waits up to ``timeout_seconds``.
+    """A connection, once the database accepts one: waits at most ``timeout_seconds``.
 
     For a job that starts together with the database (migrations/env.py): compose starts
     the migrate job as soon as the database's container has started, rather than after its
     next health check, and Kubernetes rolls both out at once; the job connects the moment
     the server accepts, instead of failing. Only "not accepting connections yet" is waited
-    out (refused, starting up, not resolvable yet): wrong credentials and anything else
-    fail at once. A dozen lines, so written here rather than adding a retry library.
+    out (refused, starting up, not resolvable yet, no answer): wrong credentials, a
+    certificate that does not verify and anything else fail at once. Each attempt gets
+    what is left of the time, so a server that never answers cannot stretch the wait. A
+    dozen lines, so written here rather than adding a retry library.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_seconds
@@ -126,18 +129,23 @@ async def connect_when_up(engine: AsyncEngine, timeout_seconds: float) -> AsyncC
     waited = False
     while True:
         connection = engine.connect()
+        attempt = asyncio.timeout_at(deadline)
         try:
-            await connection.start()
+            async with attempt:
+                await connection.start()
         except Exception as error:
-            if not is_unavailable(error) or is_misconfigured(error):
-                raise
-            if loop.time() + pause > deadline:
+            if attempt.expired():
                 logger.error("the database did not accept a connection in time")
+                raise TimeoutError(
+                    f"the database did not accept a connection within {timeout_seconds} s"
+                ) from error
+            if not is_unavailable(error) or is_misconfigured(error):
                 raise
             if not waited:
                 logger.info("waiting for the database", extra={"error": repr(error)})
                 waited = True
-            await asyncio.sleep(pause)
+            # Never past the deadline: the last attempt is made when it falls.
+            await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
             pause = min(pause * 2, 1.0)
             continue
         if waited:
@@ -312,9 +320,14 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 def is_misconfigured(error: BaseException) -> bool:
+    """Wrong credentials, no such database, or a server certificate that does not verify
+    (sslmode=verify-ca/verify-full): nothing but an operator's fix makes these go away."""
     return any(
-        isinstance(cause, asyncpg.PostgresError)
-        and (cause.sqlstate or "").startswith(MISCONFIGURATION_SQLSTATE_PREFIXES)
+        isinstance(cause, ssl.SSLCertVerificationError)
+        or (
+            isinstance(cause, asyncpg.PostgresError)
+            and (cause.sqlstate or "").startswith(MISCONFIGURATION_SQLSTATE_PREFIXES)
+        )
         for cause in _chain(error)
     )
 

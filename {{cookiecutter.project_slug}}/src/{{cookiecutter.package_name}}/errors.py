@@ -98,7 +98,7 @@ class Dependency:
     name: str
     # The service cannot serve right now: the client should retry later (503).
     unavailable: Callable[[BaseException], bool]
-    # Wrong credentials: a 503 for the client, an ERROR for the operator (logged once).
+    # Wrong credentials or settings: a 503 for the client, an ERROR for the operator (once).
     misconfigured: Callable[[BaseException], bool] = lambda _: False
     # A pooled connection found dead on first use: an idempotent read may run again.
     stale_connection: Callable[[BaseException], bool] = lambda _: False
@@ -178,11 +178,12 @@ class ErrorMiddleware:
     def _log_unavailable(dependency: Dependency, error: Exception) -> None:
         extra = {"dependency": dependency.name, "error": repr(error)}
         if dependency.misconfigured(error):
-            # Every request fails the same way until an operator fixes the credentials:
-            # one ERROR says so; repeating it per request would bury everything else.
-            level = logging.DEBUG if "credentials" in dependency.reported else logging.ERROR
-            dependency.reported.add("credentials")
-            logger.log(level, "dependency refused our credentials", extra=extra)
+            # Every request fails the same way until an operator fixes the configuration
+            # (credentials, database name, certificate): one ERROR says so; repeating it
+            # per request would bury everything else.
+            level = logging.DEBUG if "misconfigured" in dependency.reported else logging.ERROR
+            dependency.reported.add("misconfigured")
+            logger.log(level, "dependency refused our configuration", extra=extra)
         else:
             logger.warning("dependency unavailable", extra=extra)
 
