@@ -137,27 +137,25 @@ class ErrorMiddleware:
                 response_started = True
             await send(message)
 
-        try:
-            await self.app(scope, recording_receive if retryable else receive, tracking_send)
-            return
-        except Exception as error:
-            if response_started:
-                # Too late for an error response; the server drops the connection. Logged
-                # here first so the trace carries the request id the client saw.
-                logger.exception("exception after the response started")
-                raise
-            failure = error
-        if retryable and self._stale(failure):
-            logger.info("retrying a read after a stale database connection")
+        async def attempt(app_receive: Receive) -> Exception | None:
+            """None once the app has answered; else what it raised before answering."""
             try:
-                await self.app(scope, _replaying(recorded, receive), tracking_send)
-                return
+                await self.app(scope, app_receive, tracking_send)
             except Exception as error:
                 if response_started:
+                    # Too late for an error response; the server drops the connection.
+                    # Logged here first so the trace carries the request id the client saw.
                     logger.exception("exception after the response started")
                     raise
-                failure = error
-        await self._respond(failure)(scope, receive, send)
+                return error
+            return None
+
+        failure = await attempt(recording_receive if retryable else receive)
+        if failure is not None and retryable and self._stale(failure):
+            logger.info("retrying a read after a stale database connection")
+            failure = await attempt(_replaying(recorded, receive))
+        if failure is not None:
+            await self._respond(failure)(scope, receive, send)
 
     def _stale(self, error: BaseException) -> bool:
         return any(dependency.stale_connection(error) for dependency in self.dependencies)
