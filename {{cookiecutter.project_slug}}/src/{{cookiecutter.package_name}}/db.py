@@ -144,7 +144,7 @@ async def connect_when_up(engine: AsyncEngine, timeout_seconds: float) -> AsyncC
             if not waited:
                 logger.info("waiting for the database", extra={"error": repr(error)})
                 waited = True
-            # Never past the deadline: the last attempt is made when it falls.
+            # Never sleeps past the deadline; an attempt begun at it times out at once.
             await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
             pause = min(pause * 2, 1.0)
             continue
