@@ -270,7 +270,7 @@ def test_ci_lints_the_dockerfile_with_the_templates_hadolint(variant: str) -> No
 @pytest.mark.parametrize("variant", ["py312-pg16-redis7-gitlab"], indirect=True)
 def test_gitlab_runs_the_image_smoke_test_and_reads_coverage(variant: str) -> None:
     document: dict[str, Any] = yaml.safe_load((_BAKED[variant] / ".gitlab-ci.yml").read_text())
-    image = document["image"]
+    image = document["compose-smoke"]
     assert image["services"][0]["name"].endswith("-dind")
     script = "\n".join(image["before_script"] + image["script"])
     assert "docker compose build" in script

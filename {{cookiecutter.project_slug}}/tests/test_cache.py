@@ -36,8 +36,11 @@ async def test_wrong_redis_credentials_are_a_503_logged_once_as_an_error(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     configured = urlsplit(settings.redis_url)
+    # A user that exists on no server: AUTH fails with WRONGPASS whether or not
+    # the default user has a password (CI's service Redis has none, since GitHub
+    # service containers cannot be given a command such as --requirepass).
     wrong = configured._replace(
-        netloc=f"default:wrong@{configured.hostname}:{configured.port or 6379}"
+        netloc=f"no-such-user:wrong@{configured.hostname}:{configured.port or 6379}"
     )
     app = create_app(settings.model_copy(update={"redis_url": wrong.geturl()}))
     # create_app routes logging to stdout; keep pytest's capture listening too.
