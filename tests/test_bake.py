@@ -194,6 +194,31 @@ def test_lock_matches_pyproject(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)
+def test_the_lock_has_wheels_for_the_chosen_python(variant: str) -> None:
+    """Every compiled package installs from a wheel, so `uv sync` and the image build need
+    no compiler (python:*-slim has none) and no Rust toolchain (pydantic-core)."""
+    project = _BAKED[variant]
+    python_version = context_of(**VARIANTS[variant])["python_version"]
+    lock = tomllib.loads((project / "uv.lock").read_text())
+    if not host_has_python(project, python_version):
+        # The hook could not re-lock without that Python: the lock must then
+        # differ from pyproject.toml, so `uv sync --locked` refuses it (and says
+        # to run `uv lock`) instead of building from source.
+        assert lock["requires-python"] != f">={python_version}"
+        return
+    tag = "cp" + python_version.replace(".", "")
+    missing = []
+    for package in lock["package"]:
+        # name-version-python-abi-platform.whl: an ABI such as cp313 ties a wheel
+        # to one Python (abi3 and none do not).
+        abis = [Path(w["url"]).name.split("-")[-2] for w in package.get("wheels", [])]
+        portable = {"abi3", "none"} & set(abis)
+        if any(abi.startswith("cp") for abi in abis) and not portable and tag not in abis:
+            missing.append(package["name"])
+    assert missing == [], f"no {tag} wheel in uv.lock for {missing}"
+
+
+@pytest.mark.parametrize("variant", variant_params(), indirect=True)
 def test_ruff_mypy_pass(variant: str) -> None:
     project = _BAKED[variant]
     python_version = context_of(**VARIANTS[variant])["python_version"]
