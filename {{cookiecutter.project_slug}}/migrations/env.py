@@ -79,6 +79,8 @@ async def run_migrations_online(settings: Settings) -> None:
     engine = create_async_engine(
         settings.database_sqlalchemy_url,
         poolclass=NullPool,
+        # As the app's engine: a failed statement's values stay out of the log.
+        hide_parameters=True,
         connect_args={
             # One connection attempt: a server that never answers it (packets dropped
             # while it starts) is tried again after this, within the overall wait.

@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
@@ -17,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from {{ cookiecutter.package_name }}.db import (
+    ConnectionDep,
     SessionDep,
     connect_when_up,
     create_engine,
@@ -56,6 +62,55 @@ async def test_work_a_failed_request_did_not_commit_is_not_kept(
     async with app.state.engine.connect() as connection:
         found = await connection.execute(text("SELECT to_regclass('half_done')"))
         assert found.scalar_one() is None
+
+
+SECRET = "card 4111-1111-1111-1111"
+
+
+async def test_a_failed_statement_logs_and_answers_without_its_values(
+    app: FastAPI, client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.post("/leaky")
+    async def leaky(connection: ConnectionDep) -> None:
+        # Fails in the server, with the value bound to the statement. (Not a failed
+        # cast: PostgreSQL's own message for that quotes the value it refused.)
+        await connection.execute(text("SELECT CAST(:value AS text), 1 / 0"), {"value": SECRET})
+
+    # create_app routes logging to stdout; keep pytest's capture listening too.
+    logging.getLogger().addHandler(caplog.handler)
+    with caplog.at_level(logging.DEBUG):
+        response = await client.post("/leaky")
+    assert response.status_code == 500
+    assert SECRET not in response.text
+    logged = [caplog.handler.format(record) for record in caplog.records]
+    assert any("division by zero" in line for line in logged), "the failure was not logged"
+    assert not [line for line in logged if SECRET in line]
+
+
+@pytest.mark.services  # the migrated test database, without the app
+def test_a_failed_migration_fails_without_its_values(
+    database_url: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = Config("alembic.ini")
+    # A copy of migrations/ with one more revision, which fails in the server
+    # with a value bound to its statement: env.py's own engine runs it.
+    scripts = tmp_path / "migrations"
+    shutil.copytree(config.get_main_option("script_location") or "migrations", scripts)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    (scripts / "versions" / "9999_leaky.py").write_text(
+        "from alembic import op\n"
+        "from sqlalchemy import text\n"
+        f"revision = 'leaky'\ndown_revision = {head!r}\n"
+        "def upgrade() -> None:\n"
+        f"    op.execute(text('SELECT CAST(:v AS text), 1 / 0').bindparams(v={SECRET!r}))\n"
+    )
+    config.set_main_option("script_location", str(scripts))
+    with pytest.raises(DBAPIError) as failed:
+        command.upgrade(config, "head")
+    # What the alembic command prints when it fails, and what env.py logged.
+    assert "division by zero" in str(failed.value)
+    assert SECRET not in str(failed.value)
+    assert SECRET not in "".join(capfd.readouterr())
 
 
 async def test_the_session_is_released_before_the_response_is_sent(

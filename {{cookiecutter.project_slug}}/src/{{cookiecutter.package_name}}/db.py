@@ -86,6 +86,9 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         # Dead connections are caught without one: see _discard_closed_connections, and the
         # one retry of idempotent reads in errors.py for the rare race that remains.
         "connect_args": connect_args,
+        # A failed statement's error names its SQL, never the values bound to it
+        # (request data: emails, tokens), in logs, spans and exceptions alike.
+        "hide_parameters": True,
     }
     options.update(overrides)
     engine = create_async_engine(settings.database_sqlalchemy_url, **options)
