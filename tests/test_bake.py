@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -281,6 +282,20 @@ def test_compose_config_is_valid(variant: str) -> None:
         ["docker", "compose", "-f", "compose.yaml", "-f", "compose.dev.yaml", "config", "-q"],
         project,
     )
+
+
+def test_the_dev_server_listens_on_the_port_compose_publishes(tmp_path: Path) -> None:
+    """compose.yaml publishes $PORT and the HEALTHCHECK asks it: the dev override too."""
+    require_compose_cli()
+    project = bake(tmp_path)
+    files = ["-f", "compose.yaml", "-f", "compose.dev.yaml"]
+    config = run(
+        ["docker", "compose", *files, "config", "--format", "json"], project, env={"PORT": "9123"}
+    )
+    app = json.loads(config.stdout)["services"]["app"]
+    command = app["command"]
+    assert command[command.index("--port") + 1] == "9123"
+    assert [port["target"] for port in app["ports"]] == [9123]
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)

@@ -49,7 +49,7 @@ async def test_405_lists_every_allowed_method(client: AsyncClient) -> None:
     response = await client.post("/health/live")
     assert response.status_code == 405
     assert response.headers["content-type"] == PROBLEM
-    assert set(response.headers["allow"].split(", ")) == {"GET"}
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
 async def test_a_body_over_the_limit_is_413_before_it_is_read(settings: Settings) -> None:
@@ -131,6 +131,19 @@ async def test_a_500_carries_cors_headers_so_the_browser_can_read_its_id(
     assert response.status_code == 500
     assert response.headers["access-control-allow-origin"] == "https://ui.example"
     assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+
+
+async def test_a_cors_preflight_carries_a_request_id(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://ui.example"]}))
+    transport = ASGITransport(app=app)
+    async with AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.options(
+            "/health/live",
+            headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "GET"},
+        )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "https://ui.example"
+    assert len(response.headers["x-request-id"]) == 32
 
 
 def test_log_lines_are_json_with_the_request_id() -> None:

@@ -35,6 +35,13 @@ async def assert_unready_naming(broken: Settings, check: str) -> None:
     assert live.status_code == 200
 
 
+async def test_both_probes_answer_head(client: AsyncClient) -> None:
+    # HEAD is what some load balancers and uptime checkers send.
+    for path in ("/health/live", "/health/ready"):
+        response = await client.head(path)
+        assert response.status_code == 200, path
+
+
 async def test_live_touches_no_dependency(client: AsyncClient) -> None:
     response = await client.get("/health/live")
     assert response.status_code == 200

@@ -61,7 +61,13 @@ async def run_check(name: str, probe: Probe, seconds: float) -> CheckResult:
     return CheckResult(status="ok")
 
 
+# Both probes answer HEAD too (load balancers and uptime checkers send it). FastAPI
+# routes take no HEAD for a GET, and one route with both methods would be two
+# operations with one id in the schema: so an undocumented route answers both
+# methods, registered first (the inner decorator), and the documented GET route
+# after it only describes the operation.
 @router.get("/live", response_model=Liveness)
+@router.api_route("/live", methods=["GET", "HEAD"], include_in_schema=False)
 async def live() -> Liveness:
     return Liveness()
 
@@ -91,6 +97,9 @@ async def cancel_readiness_check(state: State) -> None:
     "/ready",
     response_model=Readiness,
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
+)
+@router.api_route(
+    "/ready", response_model=Readiness, methods=["GET", "HEAD"], include_in_schema=False
 )
 async def ready(request: Request, response: Response) -> Readiness:
     state = request.app.state

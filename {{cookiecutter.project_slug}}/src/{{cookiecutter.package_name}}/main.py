@@ -166,10 +166,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     probe_paths.append(metrics.PATH)
 {%- endif %}
     install_access_log(app, probe_paths=probe_paths, log_probes=settings.access_log_probes)
-    app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
-        # Outermost, so every response, the error responses built inside included,
-        # carries the CORS headers a browser needs to let the page read it.
+        # Outside the rest, so every response, the error responses built inside
+        # included, carries the CORS headers a browser needs to let the page read it.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -178,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Lets browser code read the id to quote in a bug report.
             expose_headers=["X-Request-ID"],
         )
+    # Outermost: the preflight answers CORS gives by itself carry an id too.
+    app.add_middleware(RequestIdMiddleware)
 {%- if cookiecutter.use_tracing %}
     # In this worker, after any fork: see tracing.py.
     app.state.tracer_provider = tracing.create_tracer_provider()
