@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from starlette.types import Message, Receive, Scope, Send
 
+from {{ cookiecutter.package_name }} import errors
 from {{ cookiecutter.package_name }}.errors import Dependency, ErrorMiddleware
 from {{ cookiecutter.package_name }}.logging_config import JsonFormatter, request_id_var
 from {{ cookiecutter.package_name }}.main import create_app
@@ -285,6 +286,26 @@ async def test_an_outage_is_a_503_with_retry_after_and_bad_credentials_an_error_
     assert all(dict(start["headers"])[b"retry-after"] == b"5" for start in starts)
     levels = [r.levelname for r in caplog.records if r.name.endswith("errors")]
     assert levels == ["WARNING", "ERROR", "DEBUG"]
+
+
+async def test_a_misconfiguration_is_an_error_again_once_the_interval_has_passed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(errors, "monotonic", lambda: now[0])
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise PermissionError("no")
+
+    middleware = ErrorMiddleware(app, [flaky_dependency()])
+    interval = errors.MISCONFIGURED_REPORT_SECONDS
+    with caplog.at_level(logging.DEBUG):
+        # Two episodes: fixed after the first (no failures), broken again later.
+        for offset in (0.0, 1.0, interval - 0.5, interval + 1.0, interval + 2.0):
+            now[0] = 1000.0 + offset
+            await call_method(middleware, "POST")
+    levels = [r.levelname for r in caplog.records if r.name.endswith("errors")]
+    assert levels == ["ERROR", "DEBUG", "DEBUG", "ERROR", "DEBUG"]
 
 
 async def test_a_retry_that_fails_after_starting_is_logged_and_raised() -> None:

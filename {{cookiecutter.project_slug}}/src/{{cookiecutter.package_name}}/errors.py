@@ -10,9 +10,11 @@ statuses it can return.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from time import monotonic
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -31,6 +33,10 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # How long a client should wait before retrying after a dependency failure.
 RETRY_AFTER_SECONDS = 5
+# A misconfiguration is logged at ERROR at most this often while it lasts (DEBUG
+# between): once per episode without burying everything else, and a second
+# episode (fixed, then broken again) is at ERROR again.
+MISCONFIGURED_REPORT_SECONDS = 60.0
 # Reads that may run twice: they change nothing (RFC 9110 safe methods with a body-free
 # request), so a retry after a stale connection is invisible to the client.
 RETRYABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -102,8 +108,11 @@ class Dependency:
     misconfigured: Callable[[BaseException], bool] = lambda _: False
     # A pooled connection found dead on first use: an idempotent read may run again.
     stale_connection: Callable[[BaseException], bool] = lambda _: False
-    # Kinds of failure already logged at ERROR, so they are not repeated per request.
-    reported: set[str] = field(default_factory=set, init=False, compare=False, repr=False)
+    # When a misconfiguration was last logged at ERROR (monotonic seconds), in a
+    # list so that this frozen instance can update it.
+    reported_at: list[float] = field(
+        default_factory=lambda: [-math.inf], init=False, compare=False, repr=False
+    )
 
 
 class ErrorMiddleware:
@@ -177,10 +186,13 @@ class ErrorMiddleware:
         extra = {"dependency": dependency.name, "error": repr(error)}
         if dependency.misconfigured(error):
             # Every request fails the same way until an operator fixes the configuration
-            # (credentials, database name, certificate): one ERROR says so; repeating it
-            # per request would bury everything else.
-            level = logging.DEBUG if "misconfigured" in dependency.reported else logging.ERROR
-            dependency.reported.add("misconfigured")
+            # (credentials, database name, certificate): an ERROR says so, repeated only
+            # every MISCONFIGURED_REPORT_SECONDS, not per request.
+            now = monotonic()
+            recent = now - dependency.reported_at[0] < MISCONFIGURED_REPORT_SECONDS
+            if not recent:
+                dependency.reported_at[0] = now
+            level = logging.DEBUG if recent else logging.ERROR
             logger.log(level, "dependency refused our configuration", extra=extra)
         else:
             logger.warning("dependency unavailable", extra=extra)
