@@ -1,6 +1,6 @@
 """Prometheus gauges of the database pool, next to the request metrics of metrics.py.
 
-Kept current from the pool's own checkout and checkin events, so a scrape sees the
+Set from the pool's own counts at each checkout and checkin, so a scrape sees the
 pool as it is, added up over the workers like the other live gauges.
 """
 
@@ -30,14 +30,17 @@ def observe_pool(engine: AsyncEngine) -> None:
     if not isinstance(pool, QueuePool):
         return
 
+    # Read from the pool's own counts at each event rather than counted up and down
+    # here: a checkout whose reconnect fails (the database down) is checked in
+    # without ever having been checked out, and a running count drifts below zero.
     def on_checkout(*_: object) -> None:
-        POOL_IN_USE.inc()
+        POOL_IN_USE.set(pool.checkedout())
         POOL_OVERFLOW.set(max(pool.overflow(), 0))
 
     def on_checkin(*_: object) -> None:
-        POOL_IN_USE.dec()
-        # Fired before the connection goes back: the pool closes it (and its
-        # overflow shrinks by one) only if the pool is already full.
+        # Fired before the connection goes back, so the pool still counts it as out;
+        # the pool closes it (and its overflow shrinks by one) only if already full.
+        POOL_IN_USE.set(max(pool.checkedout() - 1, 0))
         closes = pool.checkedin() >= pool.size()
         POOL_OVERFLOW.set(max(pool.overflow() - closes, 0))
 
