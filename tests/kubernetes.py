@@ -30,6 +30,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "no-redis": {"use_redis": False},
     "no-services": {"use_postgres": False, "use_redis": False, "include_example_api": False},
     "uvicorn": {"server": "uvicorn"},
+    "tracing": {"use_tracing": True},
     "pg18": {"postgres_version": "18"},
     "pg16-redis7": {
         "postgres_version": "16",

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -26,6 +27,7 @@ from tests.helpers import IN_CI, TEMPLATE_DIR, run
 from tests.kubernetes import (
     COMBINATIONS,
     GROUP,
+    KUBERNETES_DIR,
     OVERLAYS,
     baked,
     containers,
@@ -287,18 +289,36 @@ def test_selectors_and_targets_point_at_the_workloads(
     assert covered == set(pods)
 
 
+# Where a URL in the settings names no port.
+DEFAULT_PORTS = {"postgresql": 5432, "redis": 6379, "rediss": 6379, "http": 80, "https": 443}
+
+
+def ports_the_settings_point_at(project: Path, docs: list[dict[str, Any]]) -> set[int]:
+    """The port of every URL in the app's ConfigMap and in the local overlay's secrets."""
+    values = list(one(docs, "ConfigMap")["data"].values())
+    secrets = project / KUBERNETES_DIR / "overlays" / "local" / "secrets.env.example"
+    values += [line.split("=", 1)[1] for line in secrets.read_text().splitlines() if "=" in line]
+    ports = set()
+    for value in values:
+        url = urlsplit(value)
+        if url.scheme and url.netloc:
+            ports.add(url.port or DEFAULT_PORTS[url.scheme.split("+")[0]])
+    return ports
+
+
 @pytest.mark.parametrize(("name", "overlay"), CASES)
-def test_egress_reaches_only_dns_and_the_chosen_services(
+def test_egress_reaches_only_dns_and_what_the_settings_point_at(
     name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     docs = docs_for(name, overlay, tmp_path_factory)
     ctx = context(name)
     web = one(docs, "NetworkPolicy", f"{ctx['project_slug']}-web")
     ports = {(p["port"], p["protocol"]) for rule in web["spec"]["egress"] for p in rule["ports"]}
-    expected = {(53, "UDP"), (53, "TCP")}
-    expected |= {(5432, "TCP")} if ctx["use_postgres"] else set()
-    expected |= {(6379, "TCP")} if ctx["use_redis"] else set()
-    assert ports == expected
+    needed = ports_the_settings_point_at(baked(name, tmp_path_factory), docs)
+    assert ports == {(53, "UDP"), (53, "TCP")} | {(port, "TCP") for port in needed}
+    # Each chosen service is among them (a setting forgotten is not a port spared).
+    chosen = {5432: ctx["use_postgres"], 6379: ctx["use_redis"], 4318: ctx["use_tracing"]}
+    assert {port for port, on in chosen.items() if on} == needed
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)
@@ -428,12 +448,13 @@ def test_the_settings_fit_kubernetes(
     assert settings["WEB_CONCURRENCY"] == "1", "one worker per pod; scale by replicas"
     assert int(settings["PORT"]) == http["containerPort"]
     assert settings["ENVIRONMENT"] == {"local": "local", "production": "production"}[overlay]
-    # Every ConfigMap key is a setting the service documents.
+    # Every ConfigMap key is a setting the service documents (the OpenTelemetry
+    # SDK's own variables as commented examples: they are optional).
     example = (baked(name, tmp_path_factory) / ".env.example").read_text()
     documented = {
-        line.partition("=")[0]
+        re.sub(r"^# (?=OTEL_)", "", line).partition("=")[0]
         for line in example.splitlines()
-        if "=" in line and not line.startswith("#")
+        if "=" in line and not re.match(r"#(?! OTEL_)", line)
     }
     assert set(settings) <= documented
 
