@@ -271,6 +271,45 @@ async def test_a_timeout_inside_the_driver_is_an_outage_but_ours_is_a_bug(
     assert not is_unavailable(from_us.value)
 
 
+async def test_a_read_only_server_is_a_503_with_retry_after(settings: Settings) -> None:
+    # What a primary demoted by a failover answers to a write (SQLSTATE 25006).
+    options = "options=-c%20default_transaction_read_only%3Don"
+    app = create_app(
+        settings.model_copy(update={"database_url": f"{settings.database_url}?{options}"})
+    )
+
+    @app.post("/writes")
+    async def writes(connection: ConnectionDep) -> None:
+        await connection.execute(text("CREATE TABLE written (n int)"))
+
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.post("/writes")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("error", "retry_later"),
+    [
+        (asyncpg.ReadOnlySQLTransactionError, True),
+        (asyncpg.SerializationError, True),
+        (asyncpg.DeadlockDetectedError, True),
+        (asyncpg.LockNotAvailableError, True),
+        (asyncpg.TooManyConnectionsError, True),
+        (asyncpg.CannotConnectNowError, True),
+        (asyncpg.QueryCanceledError, False),  # a statement timeout: the query is the bug
+        (asyncpg.UniqueViolationError, False),
+        (asyncpg.UndefinedTableError, False),
+    ],
+)
+def test_which_server_errors_mean_retry_later(
+    error: type[asyncpg.PostgresError], retry_later: bool
+) -> None:
+    assert is_unavailable(DBAPIError("SELECT 1", None, error("from the server"))) is retry_later
+
+
 async def test_a_slow_query_is_a_bug_not_an_outage(settings: Settings) -> None:
     engine = create_engine(settings.model_copy(update={"database_statement_timeout_seconds": 0.2}))
     try:

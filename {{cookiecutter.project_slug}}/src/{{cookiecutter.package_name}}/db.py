@@ -49,8 +49,29 @@ CLIENT_TIMEOUT_GRACE_SECONDS = 2.0
 # (53: too many connections, out of memory or disk), and the operator interventions that
 # end or refuse sessions (admin/crash shutdown, cannot connect now). 57014
 # (query_canceled, e.g. statement_timeout) is deliberately absent: a slow query is a bug.
+# Which server errors mean "retry later" (503 with Retry-After): the statement had no
+# effect, and the same request can succeed once the database has recovered. The
+# README's "Database errors" table is this mapping; keep them together.
+# 08: connection exceptions; 53: insufficient resources (too many connections, disk
+# full, out of memory).
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
-UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        # Shutting down, crashed, starting up, database dropped, idle session timeout.
+        "57P01",
+        "57P02",
+        "57P03",
+        "57P04",
+        "57P05",
+        # A read-only transaction: a primary demoted by a failover (or a replica).
+        "25006",
+        # Serialization failure and deadlock: the server rolled the transaction back.
+        "40001",
+        "40P01",
+        # lock_timeout or NOWAIT: a lock held elsewhere (a migration) for now.
+        "55P03",
+    }
+)
 # invalid_authorization_specification (28000), invalid_password (28P01) and
 # invalid_catalog_name (3D000, no such database): a misconfiguration, which is a 503 for
 # the client and an ERROR for the operator.
