@@ -406,6 +406,39 @@ async def test_a_job_does_not_wait_out_wrong_credentials(settings: Settings) -> 
     assert database.relayed == 1, "it tried again with credentials that cannot work"
 
 
+async def test_a_job_does_not_wait_out_a_server_without_the_tls_it_requires(
+    settings: Settings,
+) -> None:
+    attempts = 0
+
+    async def no_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # What a server without TLS answers to the client's SSLRequest: "N".
+        nonlocal attempts
+        attempts += 1
+        await reader.readexactly(8)
+        writer.write(b"N")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(no_tls, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = make_url(settings.database_sqlalchemy_url).set(host="127.0.0.1", port=port)
+    engine = create_async_engine(
+        url.render_as_string(hide_password=False),
+        poolclass=NullPool,
+        connect_args={"ssl": "require"},
+    )
+    try:
+        with pytest.raises(ConnectionError) as caught:
+            await connect_when_up(engine, timeout_seconds=30)
+    finally:
+        await engine.dispose()
+        server.close()
+        await server.wait_closed()
+    assert is_misconfigured(caught.value)
+    assert attempts == 1, "it waited for TLS that the server does not have"
+
+
 async def test_a_job_stops_waiting_for_the_database_at_its_timeout(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:

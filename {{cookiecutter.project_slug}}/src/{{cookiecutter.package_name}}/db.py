@@ -344,10 +344,14 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 def is_misconfigured(error: BaseException) -> bool:
-    """Wrong credentials, no such database, or a server certificate that does not verify
-    (sslmode=verify-ca/verify-full): nothing but an operator's fix makes these go away."""
+    """Wrong credentials, no such database, a server certificate that does not verify
+    (sslmode=verify-ca/verify-full) or a server without the TLS that sslmode requires:
+    nothing but an operator's fix makes these go away."""
     return any(
         isinstance(cause, ssl.SSLCertVerificationError)
+        # asyncpg has no class of its own for this: a plain ConnectionError (an OSError,
+        # which reads as "not up yet") with this message.
+        or (isinstance(cause, ConnectionError) and "rejected SSL upgrade" in str(cause))
         or (
             isinstance(cause, asyncpg.PostgresError)
             and (cause.sqlstate or "").startswith(MISCONFIGURATION_SQLSTATE_PREFIXES)
