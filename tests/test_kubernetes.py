@@ -459,6 +459,31 @@ def test_the_settings_fit_kubernetes(
     assert set(settings) <= documented
 
 
+# PostgreSQL's default max_connections less its superuser_reserved_connections.
+DATABASE_CONNECTION_BUDGET = 100 - 3
+
+
+@pytest.mark.parametrize(("name", "overlay"), CASES)
+def test_the_pods_at_their_most_fit_the_databases_connections(
+    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if not context(name)["use_postgres"]:
+        return
+    docs = docs_for(name, overlay, tmp_path_factory)
+    slug = context(name)["project_slug"]
+    example = (baked(name, tmp_path_factory) / ".env.example").read_text()
+    settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    settings |= one(docs, "ConfigMap")["data"]
+    hpa = one(docs, "HorizontalPodAutoscaler", slug)
+    rollout = one(docs, "Deployment", slug)["spec"]["strategy"]["rollingUpdate"]
+    pods = hpa["spec"]["maxReplicas"] + int(rollout["maxSurge"])
+    # Each server process: its pool, its overflow and the readiness check's connection.
+    per_process = int(settings["DATABASE_POOL_SIZE"]) + int(settings["DATABASE_MAX_OVERFLOW"]) + 1
+    jobs = len(objects(docs, "Job"))  # the migration Job, one connection
+    total = pods * int(settings["WEB_CONCURRENCY"]) * per_process + jobs
+    assert total <= DATABASE_CONNECTION_BUDGET, f"{total} connections at the most"
+
+
 @pytest.mark.parametrize(("name", "overlay"), CASES)
 def test_job_and_deployment_run_the_same_image_hardened_alike(
     name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
