@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
+from fastapi.responses import StreamingResponse
+from httpx import ASGITransport, AsyncClient, RemoteProtocolError
 from starlette.types import Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }} import errors
@@ -211,6 +214,39 @@ async def test_raising_after_the_response_started_is_logged_with_the_id(
     finally:
         logging.getLogger().removeHandler(handler)
     assert len(ids) == 1 and ids[0], "logged once, with the request id, before re-raising"
+
+
+async def test_a_response_that_fails_mid_stream_is_one_error_with_its_id(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through a real server: it logs an exception that reaches it once more, itself."""
+    app = create_app(settings)
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first part"
+            raise ValueError("mid-stream")
+
+        return StreamingResponse(body())
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn.Server sets a flag, not an event
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        async with AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            with pytest.raises(RemoteProtocolError):
+                await http.get("/stream")
+    finally:
+        server.should_exit = True
+        await serving
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = [line for line in lines if line["level"] == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0]["request_id"]
+    assert "mid-stream" in errors[0]["exc_info"]
 
 
 async def test_other_scopes_pass_through_untouched() -> None:

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.logging_config import request_id_var
+from {{ cookiecutter.package_name }}.logging_config import mark_logged, request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,10 @@ class ErrorMiddleware:
             except Exception as error:
                 if response_started:
                     # Too late for an error response; the server drops the connection.
-                    # Logged here first so the trace carries the request id the client saw.
+                    # Logged here, once, so the trace carries the request id the client
+                    # saw; the server's second traceback of it is dropped (mark_logged).
                     logger.exception("exception after the response started")
+                    mark_logged(error)
                     raise
                 return error
             return None

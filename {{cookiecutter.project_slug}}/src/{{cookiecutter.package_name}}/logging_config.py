@@ -24,6 +24,21 @@ ACCESS_LOGGER = "{{ cookiecutter.package_name }}.access"
 # Set per request by the request-id middleware; read by every log record.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
+# Marks an exception already logged with its trace and request id (errors.py), so
+# that the server's own "Exception in ASGI application", logged again without the
+# id when the exception reaches it, is dropped.
+_LOGGED = "_logged_with_request_id"
+
+
+def mark_logged(error: BaseException) -> None:
+    setattr(error, _LOGGED, True)
+
+
+def _not_logged_before(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not getattr(error, _LOGGED, False)
+
+
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 # uvicorn's color_message repeats the message with terminal escape codes.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -127,6 +142,7 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """
     handler = BatchingStreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_not_logged_before)
     root = logging.getLogger()
     for previous in root.handlers:
         previous.flush()  # access lines a batching handler still holds
