@@ -13,7 +13,13 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from {{ cookiecutter.package_name }}.db import ConnectionDep, ConnectionTurns, SessionDep
+from {{ cookiecutter.package_name }}.db import (
+    ConnectionDep,
+    ConnectionTurns,
+    RequestConnection,
+    SessionDep,
+    create_engine,
+)
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -119,6 +125,28 @@ async def test_waiting_past_the_pool_timeout_for_a_turn_is_an_error(settings: Se
                 pass
     async with turns:  # the permit was given back, not lost with the timeout
         pass
+
+
+async def test_a_failed_connect_gives_the_turn_back_at_once(settings: Settings) -> None:
+    turns = ConnectionTurns(one_connection(settings, timeout=0.05))
+    unreachable = create_engine(
+        settings.model_copy(update={"database_url": "postgresql+asyncpg://app:x@127.0.0.1:1/app"})
+    )
+    engine = create_engine(settings)
+    failed = RequestConnection(unreachable, turns)
+    try:
+        with pytest.raises(OSError):
+            await failed.execute(text("SELECT 1"))
+        # The failed request has not ended yet; the next one gets the turn anyway.
+        following = RequestConnection(engine, turns)
+        try:
+            assert (await following.execute(text("SELECT 1"))).scalar_one() == 1
+        finally:
+            await following.close()
+    finally:
+        await failed.close()
+        await unreachable.dispose()
+        await engine.dispose()
 
 
 async def test_a_request_that_waited_too_long_for_a_connection_is_a_503(

@@ -241,8 +241,13 @@ class RequestConnection:
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> CursorResult[Any]:
         if self._connection is None:
-            await self._resources.enter_async_context(self._turns)
-            self._connection = await self._resources.enter_async_context(self._engine.connect())
+            async with AsyncExitStack() as taking:
+                await taking.enter_async_context(self._turns)
+                # A connect that fails gives the turn back at once (leaving this block),
+                # not when the request ends: a handler that retries, or the requests
+                # waiting behind it, would otherwise wait for a turn held for nothing.
+                self._connection = await taking.enter_async_context(self._engine.connect())
+                await self._resources.enter_async_context(taking.pop_all())
         return await self._connection.execute(statement, parameters)
 
     async def close(self) -> None:
