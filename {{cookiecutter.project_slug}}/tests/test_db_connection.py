@@ -45,6 +45,31 @@ async def test_a_connection_commits_each_statement_on_its_own(
     assert (await client.get("/session")).json() == {"one_transaction": True}
 
 
+async def test_a_request_connection_takes_its_turn_and_gives_it_back(
+    app: FastAPI, client: AsyncClient, settings: Settings
+) -> None:
+    events: list[str] = []
+
+    class RecordedTurns(ConnectionTurns):
+        async def __aenter__(self) -> None:
+            events.append("turn taken")
+            await super().__aenter__()
+
+        async def __aexit__(self, *exc: object) -> None:
+            events.append("turn given back")
+            await super().__aexit__(*exc)
+
+    app.state.connection_turns = RecordedTurns(settings)
+
+    @app.get("/turn")
+    async def turn(connection: ConnectionDep) -> None:
+        await connection.execute(text("SELECT 1"))
+        events.append("query")
+
+    assert (await client.get("/turn")).status_code == 200
+    assert events == ["turn taken", "query", "turn given back"]
+
+
 async def test_a_write_on_the_connection_is_committed_without_a_commit(
     app: FastAPI, client: AsyncClient
 ) -> None:

@@ -13,6 +13,7 @@ from httpx import ASGITransport, AsyncClient, RemoteProtocolError
 from starlette.types import Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }} import errors
+from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
 from {{ cookiecutter.package_name }}.errors import Dependency, ErrorMiddleware
 from {{ cookiecutter.package_name }}.logging_config import JsonFormatter, request_id_var
 from {{ cookiecutter.package_name }}.main import create_app
@@ -32,9 +33,11 @@ async def test_a_valid_incoming_request_id_is_kept(client: AsyncClient) -> None:
     assert response.headers["x-request-id"] == "abc-123"
 
 
-async def test_an_unsafe_incoming_request_id_is_replaced(client: AsyncClient) -> None:
-    response = await client.get("/health/live", headers={"X-Request-ID": "a b\tc"})
-    assert response.headers["x-request-id"] != "a b\tc"
+@pytest.mark.parametrize("unsafe", ["a b\tc", "<script>", "x" * 129, "id;drop", "a/../b"])
+async def test_an_unsafe_incoming_request_id_is_replaced(client: AsyncClient, unsafe: str) -> None:
+    response = await client.get("/health/live", headers={"X-Request-ID": unsafe})
+    assert response.headers["x-request-id"] != unsafe
+    assert len(response.headers["x-request-id"]) == 32
 
 
 async def test_unknown_route_is_a_404_problem(client: AsyncClient) -> None:
@@ -76,11 +79,40 @@ async def test_a_body_over_the_limit_is_413_before_it_is_read(settings: Settings
 
             streamed = await http.post("/echo", content=chunks())
             small = await http.post("/echo", json={})
+            json_type = {"Content-Type": "application/json"}
+            at_limit = await http.post("/echo", content=b'{"a":"12"}', headers=json_type)
+            over_by_one = await http.post("/echo", content=b'{"a":"123"}', headers=json_type)
+    assert at_limit.status_code == 200, "exactly the limit is allowed"
+    assert over_by_one.status_code == 413
     assert declared.status_code == 413
     assert declared.headers["content-type"] == PROBLEM
     assert streamed.status_code == 413, "a chunked body is counted as it arrives"
     assert small.status_code == 200
-    assert read == [b"{}"]
+    # Only the bodies within the limit reached the route.
+    assert read == [b"{}", b'{"a": "12"}']
+
+
+async def test_a_declared_length_over_the_limit_is_refused_unread() -> None:
+    """The app is never called and not a byte is read: the limit costs the worker nothing."""
+    called: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append("app")
+
+    async def receive() -> Message:
+        called.append("receive")
+        return {"type": "http.request", "body": b"x" * 11}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", b"11")]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    await BodySizeLimitMiddleware(app, limit=10)(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert called == []
 
 
 async def test_an_undecodable_body_is_a_400_problem(client: AsyncClient, app: FastAPI) -> None:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import State
 
+from {{ cookiecutter.package_name }} import db, health
+from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .test_health import assert_unready_naming
@@ -34,3 +42,28 @@ async def test_a_saturated_request_pool_is_busy_not_unready(
         for connection in held:
             await connection.close()
     assert response.status_code == 200, response.text
+
+
+async def test_shutdown_cancels_the_readiness_check_before_it_closes_the_pools(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    create_engine = db.create_engine
+    cancel_readiness_check = health.cancel_readiness_check
+
+    def recorded_engine(*args: Any, **kwargs: Any) -> AsyncEngine:
+        engine = create_engine(*args, **kwargs)
+        event.listen(engine.sync_engine, "engine_disposed", lambda _: events.append("dispose"))
+        return engine
+
+    async def recorded_cancel(state: State) -> None:
+        events.append("cancel")
+        await cancel_readiness_check(state)
+
+    monkeypatch.setattr(db, "create_engine", recorded_engine)
+    monkeypatch.setattr(health, "cancel_readiness_check", recorded_cancel)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        pass
+    # The request pool and the readiness pool, each closed after the check is gone.
+    assert events == ["cancel", "dispose", "dispose"]

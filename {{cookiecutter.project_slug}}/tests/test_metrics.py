@@ -84,3 +84,20 @@ async def test_scrapes_are_access_logged_only_when_asked(
     async with serve(settings, access_log_probes=log_probes) as http:
         await http.get("/metrics")
     assert len(access_lines(log_lines(capsys))) == expected
+
+
+async def test_requests_in_progress_count_up_while_handled_and_back_down(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    seen: list[float] = []
+
+    @app.get("/busy")
+    async def busy() -> None:
+        seen.append((await scrape(client))[("http_requests_in_progress", ())])
+
+    # Each scrape counts itself: `before` is one more than what else is in flight.
+    before = (await scrape(client))[("http_requests_in_progress", ())]
+    assert (await client.get("/busy")).status_code == 200
+    # Inside: /busy and the scrape it makes; after: only the last scrape itself.
+    assert seen == [before + 1]
+    assert (await scrape(client))[("http_requests_in_progress", ())] == before
