@@ -298,18 +298,46 @@ def test_the_dev_server_listens_on_the_port_compose_publishes(tmp_path: Path) ->
     assert [port["target"] for port in app["ports"]] == [9123]
 
 
+def shutdown_timeouts(project: Path) -> dict[str, float]:
+    """The settings' defaults that order a shutdown, read from the generated files."""
+    example = (project / ".env.example").read_text()
+    defaults = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    package = next((project / "src").iterdir())
+    settings = (package / "settings.py").read_text()
+    share = re.search(r"^REQUEST_SHARE_OF_GRACE = ([\d.]+)$", settings, re.MULTILINE)
+    assert share is not None
+    graceful = float(defaults["GRACEFUL_TIMEOUT_SECONDS"])
+    timeouts = {"graceful": graceful, "requests": graceful * float(share[1])}
+    if "DATABASE_STATEMENT_TIMEOUT_SECONDS" in defaults:
+        db = (package / "db.py").read_text()
+        client = re.search(r"^CLIENT_TIMEOUT_GRACE_SECONDS = ([\d.]+)$", db, re.MULTILINE)
+        assert client is not None
+        statement = float(defaults["DATABASE_STATEMENT_TIMEOUT_SECONDS"])
+        # The longest a statement holds a request: the server's timeout, then the client's.
+        timeouts["statement"] = statement + float(client[1])
+    return timeouts
+
+
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)
-def test_stop_grace_period_outlasts_the_server_graceful_timeout(variant: str) -> None:
+def test_shutdown_timeouts_are_ordered(variant: str) -> None:
+    """statement < the requests' grace < the server's graceful timeout < Docker's SIGKILL:
+    a request in flight at SIGTERM gets its answer, then the lifespan's shutdown runs."""
     project = _BAKED[variant]
-    compose = yaml.safe_load((project / "compose.yaml").read_text())
-    grace = re.fullmatch(r"(\d+)s", compose["services"]["app"]["stop_grace_period"])
-    assert grace is not None
+    timeouts = shutdown_timeouts(project)
+    # Both servers take their timeouts from the settings.
     if context_of(**VARIANTS[variant])["server"] == "gunicorn":
-        source = (project / "gunicorn.conf.py").read_text()
-        server = re.search(r"^graceful_timeout = (\d+)$", source, re.MULTILINE)
+        config = (project / "gunicorn.conf.py").read_text()
+        assert "\ngraceful_timeout = _settings.graceful_timeout_seconds\n" in config
+        assert re.search(r'^worker_class = "\w+\.gunicorn_server\.Worker"$', config, re.M)
+        server = next((project / "src").glob("*/gunicorn_server.py")).read_text()
+        assert "self.config.timeout_graceful_shutdown = grace" in server
     else:
-        source = next((project / "src").glob("*/uvicorn_server.py")).read_text()
-        server = re.search(r"timeout_graceful_shutdown=(\d+)", source)
-    assert server is not None
-    # Docker's SIGKILL must come after the server has given up on slow requests.
-    assert 0 < int(grace.group(1)) - int(server.group(1)) <= 10
+        server = next((project / "src").glob("*/uvicorn_server.py")).read_text()
+        assert "timeout_graceful_shutdown=settings.request_grace_seconds," in server
+    if "statement" in timeouts:
+        assert timeouts["statement"] < timeouts["requests"]
+    assert timeouts["requests"] < timeouts["graceful"]
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    stop = re.fullmatch(r"(\d+)s", compose["services"]["app"]["stop_grace_period"])
+    assert stop is not None
+    assert timeouts["graceful"] < float(stop[1]) <= timeouts["graceful"] + 10

@@ -171,10 +171,17 @@ def check_code_change_reuses_dependency_layer(stack: ComposeStack) -> str:
 SHUTDOWN_STARTED = re.compile(r"Handling signal: term|Shutting down|Received SIGTERM", re.I)
 
 
+# The end-to-end stacks run with a short grace, so a stop that has to give up on a
+# request takes seconds, not the default 25.
+E2E_GRACEFUL_TIMEOUT_SECONDS = 6
+
+
 def check_stop_lets_an_in_flight_request_finish(
     stack: ComposeStack, context: dict[str, Any]
 ) -> None:
-    """SIGTERM arrives while a request is half sent; the server finishes it, then exits 0."""
+    """SIGTERM arrives while one request is half sent and another will never be whole:
+    the first gets its answer, the server gives up on the second within its grace, the
+    lifespan's shutdown runs, and the container exits 0, before any SIGKILL."""
     port = stack.port("app", 8000)
     if context["include_example_api"]:
         body = b'{"name": "in flight"}'
@@ -185,14 +192,20 @@ def check_stop_lets_an_in_flight_request_finish(
         body = b"{}"
         head = b"POST /health/live HTTP/1.1\r\nContent-Type: application/json\r\n"
         expected = b"HTTP/1.1 405"
-    with socket.create_connection(("127.0.0.1", port), timeout=40) as conn:
-        conn.sendall(
-            head + b"Host: test\r\nContent-Length: " + str(len(body)).encode()
-            + b"\r\nConnection: close\r\n\r\n" + body[:1]
-        )  # fmt: skip
+    request = (
+        head + b"Host: test\r\nContent-Length: " + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n" + body[:1]
+    )  # fmt: skip
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=40) as conn,
+        socket.create_connection(("127.0.0.1", port), timeout=40) as stuck,
+    ):
+        conn.sendall(request)
+        stuck.sendall(request)  # the rest of this body never comes
         time.sleep(0.5)  # the server has the headers and awaits the rest of the body
         since = stack.compose("exec", "-T", "app", "date", "-u", "+%Y-%m-%dT%H:%M:%S").stdout
         stopping = threading.Thread(target=stack.compose, args=("stop", "app"))
+        stopped_at = time.monotonic()
         stopping.start()
         deadline = time.monotonic() + 20
         while True:
@@ -205,12 +218,20 @@ def check_stop_lets_an_in_flight_request_finish(
         response = b""
         while chunk := conn.recv(65536):
             response += chunk
-    stopping.join(timeout=60)
+        stopping.join(timeout=60)
+        took = time.monotonic() - stopped_at
     assert response.startswith(expected), response[:200]
     state = stack.inspect("app")["State"]
     assert state["Running"] is False
     # 0, not 137: the server finished on its own, before the grace period's SIGKILL.
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}"
+    after = stack.compose("logs", "--no-color", "--no-log-prefix", "--since", since.strip(), "app")
+    messages = [json.loads(line).get("message") for line in after.stdout.splitlines() if line]
+    # The stuck request did not hold its worker until it was killed: every worker's
+    # lifespan shutdown ran (pools closed, last lines written) within the grace.
+    workers = int(stack.dotenv()["WEB_CONCURRENCY"])
+    assert messages.count("stopping") == workers, after.stdout[-3000:]
+    assert took < E2E_GRACEFUL_TIMEOUT_SECONDS + 5, f"the stop took {took:.1f} s"
 
 
 @pytest.mark.parametrize(
@@ -225,6 +246,8 @@ def test_compose_stack_end_to_end(
     answers = {**VARIANTS[variant], "project_name": f"E2E {variant}"}
     context = context_of(**answers)
     project = bake(tmp_path, **answers)
+    with (project / ".env").open("a") as env:
+        env.write(f"GRACEFUL_TIMEOUT_SECONDS={E2E_GRACEFUL_TIMEOUT_SECONDS}\n")
     stack = compose_stack(project, variant)
 
     started = time.monotonic()

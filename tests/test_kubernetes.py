@@ -565,16 +565,13 @@ def test_grace_period_covers_prestop_and_the_server_graceful_timeout(
     ]["spec"]
     app = next(c for c in pod["containers"] if c["name"] == "app")
     pre_stop = app["lifecycle"]["preStop"]["sleep"]["seconds"]
-    if ctx["server"] == "gunicorn":
-        source = (project / "gunicorn.conf.py").read_text()
-        server = re.search(r"^graceful_timeout = (\d+)$", source, re.MULTILINE)
-    else:
-        source = next((project / "src").glob("*/uvicorn_server.py")).read_text()
-        server = re.search(r"timeout_graceful_shutdown=(\d+)", source)
-    assert server is not None
+    example = (project / ".env.example").read_text()
+    settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    settings |= one(docs_for(name, overlay, tmp_path_factory), "ConfigMap")["data"]
+    graceful = float(settings["GRACEFUL_TIMEOUT_SECONDS"])
     assert pre_stop >= 3, "endpoints need a moment to drop the pod before SIGTERM"
     # The kubelet's SIGKILL comes only after preStop and the server's own timeout.
-    assert 0 < pod["terminationGracePeriodSeconds"] - pre_stop - int(server.group(1)) <= 10
+    assert 0 < pod["terminationGracePeriodSeconds"] - pre_stop - graceful <= 10
 
 
 @GROUP

@@ -16,15 +16,17 @@ _settings = load_settings()
 # Loaded in each worker after the fork (no preload_app): whatever the app starts
 # (a background thread, a per-process file) must belong to the worker using it.
 wsgi_app = "{{ cookiecutter.package_name }}.main:create_app()"
-# uvicorn-worker replaces the deprecated uvicorn.workers module.
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn-worker's worker (it replaces the deprecated uvicorn.workers module), with
+# uvicorn's graceful shutdown bounded by graceful_timeout (see gunicorn_server.py).
+worker_class = "{{ cookiecutter.package_name }}.gunicorn_server.Worker"
 workers = _settings.web_concurrency
 bind = f"0.0.0.0:{_settings.port}"
 forwarded_allow_ips = _settings.forwarded_allow_ips
 
-# On SIGTERM workers get this long to finish in-flight requests. compose.yaml's
-# stop_grace_period is a little longer, so Docker's SIGKILL never cuts it short.
-graceful_timeout = 25
+# On SIGTERM a worker gets this long: in-flight requests four fifths of it, then its
+# lifespan's shutdown. compose.yaml's stop_grace_period is a little longer, so
+# Docker's SIGKILL never cuts it short.
+graceful_timeout = _settings.graceful_timeout_seconds
 # A worker silent for this long is killed and replaced.
 timeout = 60
 keepalive = _settings.keepalive_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from collections.abc import Iterator
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import pytest
 from gunicorn.app import wsgiapp
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
 
 from {{ cookiecutter.package_name }} import __main__ as entrypoint
-from {{ cookiecutter.package_name }}.settings import ConfigurationError
+from {{ cookiecutter.package_name }}.gunicorn_server import Worker
+from {{ cookiecutter.package_name }}.settings import REQUEST_SHARE_OF_GRACE, ConfigurationError
 
 
 @pytest.fixture
@@ -53,3 +57,23 @@ def test_run_as_a_module_it_starts_gunicorn(
     monkeypatch.delitem(sys.modules, entrypoint.__name__)
     runpy.run_module(entrypoint.__name__.rpartition(".")[0], run_name="__main__")
     assert started == [["--config", "gunicorn.conf.py"]]
+
+
+def test_the_config_file_is_valid_for_gunicorn_with_a_grace_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each setting passes gunicorn's own validation (a float graceful_timeout does not)."""
+    monkeypatch.setenv("GRACEFUL_TIMEOUT_SECONDS", "7")
+    config = Config()
+    namespace = runpy.run_path("gunicorn.conf.py")
+    for name, value in namespace.items():
+        if name in config.settings:
+            config.set(name, value)
+    assert config.graceful_timeout == 7
+    assert config.worker_class is Worker
+    # What the worker tells uvicorn: requests get their share of that grace.
+    worker = Worker(0, os.getpid(), [], None, 30, config, Logger(config))
+    try:
+        assert worker.config.timeout_graceful_shutdown == 7 * REQUEST_SHARE_OF_GRACE
+    finally:
+        worker.tmp.close()  # the heartbeat file every gunicorn worker opens

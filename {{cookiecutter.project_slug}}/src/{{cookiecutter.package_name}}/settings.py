@@ -30,6 +30,11 @@ PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "please-
 {%- endif %}
 
 
+# The share of GRACEFUL_TIMEOUT_SECONDS that in-flight requests get after SIGTERM; the
+# rest is the lifespan's shutdown (closing pools, writing the last log lines and spans).
+REQUEST_SHARE_OF_GRACE = 0.8
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -58,7 +63,8 @@ class Settings(BaseSettings):
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     # How long one statement may run before the server cancels it (a 500: a slow query is a
     # bug). A server that does not answer at all for a little longer counts as unavailable (503).
-    database_statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Shorter than the requests' grace at shutdown (see graceful_timeout_seconds).
+    database_statement_timeout_seconds: float = Field(default=15.0, gt=0)
     # false behind PgBouncer in transaction mode, which cannot keep prepared statements.
     database_statement_cache: bool = True
     # Migrations wait at most this long for a table lock (then fail instead of queueing every
@@ -85,8 +91,17 @@ class Settings(BaseSettings):
     # Idle keep-alive connections are closed after this long. Behind a load balancer, set it
     # above the balancer's idle timeout (AWS ALB: 60 s).
     keepalive_seconds: int = Field(default=5, ge=1)
+    # After SIGTERM: in-flight requests get the first four fifths of this (then the
+    # server cancels what is left), the lifespan's shutdown the rest. compose.yaml's
+    # stop_grace_period and the pod's terminationGracePeriodSeconds are longer.
+    graceful_timeout_seconds: int = Field(default=25, ge=1)  # whole seconds, as gunicorn takes it
     # Log probe requests (/health/*{% if cookiecutter.use_metrics %}, /metrics{% endif %}) too; off, they would bury the traffic.
     access_log_probes: bool = False
+
+    @property
+    def request_grace_seconds(self) -> float:
+        """How long in-flight requests may still run after SIGTERM."""
+        return self.graceful_timeout_seconds * REQUEST_SHARE_OF_GRACE
 
     @field_validator("log_level", mode="before")
     @classmethod

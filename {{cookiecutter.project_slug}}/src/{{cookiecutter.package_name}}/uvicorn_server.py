@@ -35,9 +35,9 @@ def main() -> None:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         proxy_headers=True,
         timeout_keep_alive=settings.keepalive_seconds,
-        # In-flight requests get 25 s after SIGTERM; compose.yaml's
-        # stop_grace_period is a little longer, so Docker never cuts them short.
-        timeout_graceful_shutdown=25,
+        # After SIGTERM, in-flight requests get this long, then are cancelled and the
+        # lifespan's shutdown runs; compose.yaml's stop_grace_period is longer.
+        timeout_graceful_shutdown=settings.request_grace_seconds,
         log_config=None,
         # The app writes its own access line (access_log.py).
         access_log=False,
