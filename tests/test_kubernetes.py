@@ -654,17 +654,39 @@ def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
 
 
 def test_kind_workflow_deploys_the_local_overlay_and_curls_readiness() -> None:
+    """Each step found by what it does, in order, each always run and failing the job when
+    its command fails (not words anywhere in the joined scripts)."""
     workflow = yaml.safe_load(WORKFLOW.read_text())
-    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
-    script = "\n".join(step.get("run", "") for step in steps)
-    uses = " ".join(step.get("uses", "") for step in steps)
-    assert "kind-action" in uses or "kind create cluster" in script
-    for needed in (
-        "kind load docker-image",
-        "kubectl apply -k deploy/kubernetes/overlays/local",
-        "wait --for=condition=complete",
-        "rollout status",
-        "port-forward",
-        "/health/ready",
-    ):
-        assert needed in script, needed
+    [job] = workflow["jobs"].values()
+    steps: list[dict[str, Any]] = job["steps"]
+
+    def index_of(pattern: str) -> int:
+        found = [
+            n
+            for n, step in enumerate(steps)
+            if re.search(pattern, str(step.get("run", step.get("uses", ""))))
+        ]
+        assert len(found) == 1, f"{pattern}: {len(found)} steps"
+        return found[0]
+
+    order = [
+        index_of(r"^helm/kind-action@"),
+        index_of(r"kind load docker-image"),
+        index_of(r"^kubectl apply -k deploy/kubernetes/overlays/local$"),
+        index_of(r"wait --for=condition=complete"),
+        index_of(r"rollout status"),
+        index_of(r"port-forward"),
+    ]
+    assert order == sorted(order)
+    # Only the migration wait depends on the matrix (no database, no Job); every
+    # other step runs whenever the ones before it passed.
+    conditions = {n: steps[n].get("if") for n in order}
+    assert conditions.pop(order[3]) == "matrix.postgres"
+    assert set(conditions.values()) == {None}
+    readiness = steps[order[5]]["run"]
+    curl = re.search(r"^\s*curl (.*?)(?<!\\)$", readiness, re.MULTILINE | re.DOTALL)
+    assert curl is not None, readiness
+    command = curl[0]
+    assert "--fail" in command.split() and "/health/ready" in command
+    # The script fails on the first failing command: bash -e, GitHub's default.
+    assert "shell" not in steps[order[5]] and "|| true" not in command
