@@ -27,6 +27,38 @@ def test_hook_choices_match_cookiecutter_json() -> None:
         assert sorted(allowed) == sorted(COOKIECUTTER_JSON[option]), option
 
 
+# Written by hand, independent of MANIFEST: the Python files every service gets,
+# whatever it chose. Every other module and test must be owned by an option value
+# in MANIFEST, so a file dropped from it (and then shipped to every bake) fails here
+# instead of passing a check that reads MANIFEST as its own answer key.
+ALWAYS_SHIPPED = {
+    f"src/{PACKAGE_DIR}/{name}.py"
+    for name in (
+        "__init__", "__main__", "access_log", "api/__init__", "body_limit", "errors",
+        "health", "healthcheck", "logging_config", "main", "request_id", "settings",
+    )
+} | {
+    f"tests/{name}.py"
+    for name in (
+        "__init__", "conftest", "plugins/__init__", "plugins/hookspecs", "test_access_log",
+        "test_contract", "test_errors", "test_health", "test_healthcheck", "test_logging",
+        "test_main", "test_settings",
+    )
+}  # fmt: skip
+
+
+def test_every_module_and_test_is_always_shipped_or_owned_by_an_option() -> None:
+    owned = {path.format(package=PACKAGE_DIR) for paths in MANIFEST.values() for path in paths}
+    files = {
+        path.relative_to(TEMPLATE_PROJECT).as_posix()
+        for folder in ("src", "tests")
+        for path in (TEMPLATE_PROJECT / folder).rglob("*.py")
+    }
+    in_manifest = {f for f in files if any(f == o or f.startswith(f"{o}/") for o in owned)}
+    assert files - in_manifest == ALWAYS_SHIPPED
+    assert not in_manifest & ALWAYS_SHIPPED, "a file is either always shipped or owned"
+
+
 # Jinja conditionals in Python belong to the wiring; everywhere else an option owns
 # files (pruned by MANIFEST) rather than `{% if %}` blocks. A file leaves this list
 # when its last conditional goes; a file joins it only with a reason.
