@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -304,3 +305,44 @@ def test_a_dirty_template_checkout_is_recorded_with_a_warning(tmp_path: Path) ->
     message = post.record_template(service, context)
     assert "uncommitted changes" in message
     assert json.loads((service / ".cruft.json").read_text())["commit"] == commit
+
+
+def run_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: dict[str, object]
+) -> list[list[str]]:
+    """main() as cookiecutter runs it, in a bare project; the uv commands it ran."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env.example").write_text("POSTGRES_PASSWORD=change-me\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(post, "_RENDERED", json.dumps(context))
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    commands: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert post.main() == 0
+    return [c for c in commands if c[:1] == ["uv"]]
+
+
+def test_main_under_cruft_locks_offline_only_and_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cruft's renders carry _commit; they run twice per update and must not wait on
+    # the network, and cruft writes .cruft.json itself.
+    context = {**context_of(), "_commit": "0" * 40, "_output_dir": str(tmp_path)}
+    commands = run_main(tmp_path, monkeypatch, context)
+    assert commands == [["uv", "lock", "--offline"]]
+    assert not (tmp_path / "project" / ".cruft.json").exists()
+    assert (tmp_path / "project" / ".env").exists()
+
+
+def test_main_for_a_plain_bake_locks_online_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = {**context_of(), "_output_dir": str(tmp_path), "_repo_dir": str(tmp_path)}
+    commands = run_main(tmp_path, monkeypatch, context)
+    assert commands == [["uv", "lock"]]
