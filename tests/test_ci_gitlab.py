@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import IN_CI, TEMPLATE_DIR, bake, require_docker, run
+from tests.helpers import IN_CI, TEMPLATE_DIR, bake, machine_load, require_docker, run
 
 # Pinned here, read by .ci/gitlab-ci-local/setup (one place for both).
 GITLAB_CI_LOCAL_VERSION = "4.75.1"
@@ -67,6 +67,9 @@ def gitlab_ci_local(
         "--pull-policy=if-not-present",
         # Job names unpadded, so a line reads "JOB $ LINE" however many jobs run.
         "--max-job-name-padding=0",
+        # The default 30 s is short for a first PostgreSQL start beside other
+        # tests on two cores; GitLab's runner waits for services longer too.
+        "--wait-for-services-timeout=120",
         # Python's requests trusts certifi's bundle, not the system one; the job
         # images here carry this machine's CA bundle (its proxy's CA) at the
         # system path. On GitLab the variable is harmless: the same file exists.
@@ -163,7 +166,9 @@ def ran(pipeline: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> Pipe
     require_docker()
     checkout = clone(pipeline.project, tmp_path_factory.mktemp("gitlab-run") / "my-service")
     use_job_image_with_pip(checkout)
-    jobs = gitlab_ci_local(checkout, "test", "dependency-audit", timeout=1200)
+    # CPU-heavy like an image build: shared, so the load test is not measured meanwhile.
+    with machine_load(exclusive=False):
+        jobs = gitlab_ci_local(checkout, "test", "dependency-audit", timeout=1200)
     return PipelineRun(checkout, pipeline.listed, jobs)
 
 
