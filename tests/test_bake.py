@@ -307,7 +307,7 @@ def shutdown_timeouts(project: Path) -> dict[str, float]:
     share = re.search(r"^REQUEST_SHARE_OF_GRACE = ([\d.]+)$", settings, re.MULTILINE)
     assert share is not None
     graceful = float(defaults["GRACEFUL_TIMEOUT_SECONDS"])
-    timeouts = {"graceful": graceful, "requests": graceful * float(share[1])}
+    timeouts = {"graceful": graceful, "requests": float(int(graceful * float(share[1])))}
     if "DATABASE_STATEMENT_TIMEOUT_SECONDS" in defaults:
         db = (package / "db.py").read_text()
         client = re.search(r"^CLIENT_TIMEOUT_GRACE_SECONDS = ([\d.]+)$", db, re.MULTILINE)

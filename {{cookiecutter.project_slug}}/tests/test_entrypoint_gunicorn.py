@@ -15,7 +15,7 @@ from gunicorn.glogging import Logger
 
 from {{ cookiecutter.package_name }} import __main__ as entrypoint
 from {{ cookiecutter.package_name }}.gunicorn_server import Worker
-from {{ cookiecutter.package_name }}.settings import REQUEST_SHARE_OF_GRACE, ConfigurationError
+from {{ cookiecutter.package_name }}.settings import ConfigurationError
 
 
 @pytest.fixture
@@ -74,6 +74,6 @@ def test_the_config_file_is_valid_for_gunicorn_with_a_grace_from_the_environment
     # What the worker tells uvicorn: requests get their share of that grace.
     worker = Worker(0, os.getpid(), [], None, 30, config, Logger(config))
     try:
-        assert worker.config.timeout_graceful_shutdown == 7 * REQUEST_SHARE_OF_GRACE
+        assert worker.config.timeout_graceful_shutdown == 5  # four fifths of 7, whole seconds
     finally:
         worker.tmp.close()  # the heartbeat file every gunicorn worker opens

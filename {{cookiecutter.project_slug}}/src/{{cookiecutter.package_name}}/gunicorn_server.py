@@ -8,7 +8,7 @@ from typing import Any
 # uvicorn-worker ships no type information: the worker is Any to mypy.
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
-from {{ cookiecutter.package_name }}.settings import REQUEST_SHARE_OF_GRACE, load_settings
+from {{ cookiecutter.package_name }}.settings import load_settings, request_grace
 
 
 class Worker(UvicornWorker):  # type: ignore[misc]
@@ -23,7 +23,7 @@ class Worker(UvicornWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        grace = self.cfg.graceful_timeout * REQUEST_SHARE_OF_GRACE
+        grace = request_grace(self.cfg.graceful_timeout)
         self.config.timeout_graceful_shutdown = grace
 
 

@@ -35,6 +35,11 @@ PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "please-
 REQUEST_SHARE_OF_GRACE = 0.8
 
 
+def request_grace(graceful_timeout_seconds: int) -> int:
+    """Whole seconds in-flight requests may still run after SIGTERM."""
+    return max(1, int(graceful_timeout_seconds * REQUEST_SHARE_OF_GRACE))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -94,14 +99,13 @@ class Settings(BaseSettings):
     # After SIGTERM: in-flight requests get the first four fifths of this (then the
     # server cancels what is left), the lifespan's shutdown the rest. compose.yaml's
     # stop_grace_period and the pod's terminationGracePeriodSeconds are longer.
-    graceful_timeout_seconds: int = Field(default=25, ge=1)  # whole seconds, as gunicorn takes it
+    graceful_timeout_seconds: int = Field(default=25, ge=1)  # whole seconds, as the servers take it
     # Log probe requests (/health/*{% if cookiecutter.use_metrics %}, /metrics{% endif %}) too; off, they would bury the traffic.
     access_log_probes: bool = False
 
     @property
-    def request_grace_seconds(self) -> float:
-        """How long in-flight requests may still run after SIGTERM."""
-        return self.graceful_timeout_seconds * REQUEST_SHARE_OF_GRACE
+    def request_grace_seconds(self) -> int:
+        return request_grace(self.graceful_timeout_seconds)
 
     @field_validator("log_level", mode="before")
     @classmethod
