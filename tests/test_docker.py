@@ -124,6 +124,9 @@ def check_non_root_and_image_healthcheck(stack: ComposeStack) -> None:
     assert app["State"]["Health"]["Status"] == "healthy"
 
 
+IMAGE_OVER_BASE_BUDGET_MB = 70
+
+
 def check_runtime_image_is_lean(stack: ComposeStack, context: dict[str, Any]) -> str:
     image = stack.inspect("app")["Config"]["Image"]
     probe = run(
@@ -143,7 +146,11 @@ def check_runtime_image_is_lean(stack: ComposeStack, context: dict[str, Any]) ->
 
     base = f"python:{context['python_version']}-slim-trixie"
     total, base_size = size(image), size(base)
-    return f"image {total / 1e6:.1f} MB, {(total - base_size) / 1e6:.1f} MB over {base}"
+    over = (total - base_size) / 1e6
+    # What the service adds to its base (its virtual environment, stripped of debug
+    # sections): 40 to 55 MB for the option mixes tested; unstripped it was 91.
+    assert over <= IMAGE_OVER_BASE_BUDGET_MB, f"{over:.1f} MB over {base}"
+    return f"image {total / 1e6:.1f} MB, {over:.1f} MB over {base}"
 
 
 def check_code_change_reuses_dependency_layer(stack: ComposeStack) -> str:
