@@ -65,8 +65,8 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@app.get("/health/ready")
-async def ready() -> dict[str, Any]:
+@app.get("/health/dependencies")
+async def dependencies() -> dict[str, Any]:
     pool: asyncpg.Pool = app.state.pool
     await asyncio.gather(pool.fetchval("SELECT 1"), app.state.redis.ping())
     return {"status": "ok", "checks": {"database": {"status": "ok"}, "redis": {"status": "ok"}}}

@@ -7,7 +7,7 @@ test runs on the same cores while anything is timed):
 1. bake time (cookiecutter with its hooks, ``uv lock`` included);
 2. cold build (no layer cache), code-only rebuild (dependency layer cached),
    image size over its ``python`` base;
-3. ``up`` on fresh volumes until ``/health/ready`` first answers 200;
+3. ``up`` on fresh volumes until ``/health/dependencies`` first answers 200;
 4. the ceiling (bench/ceiling.py, same image, same server and workers) is
    started beside the service, on the same db and redis;
 5. RSS of each container's processes at idle;
@@ -63,7 +63,7 @@ class Route:
 def routes(item_id: int) -> list[Route]:
     return [
         Route("GET /health/live", "/health/live"),
-        Route("GET /health/ready", "/health/ready"),
+        Route("GET /health/dependencies", "/health/dependencies"),
         Route("GET /api/items/{id}", f"/api/items/{item_id}"),
         Route("GET /api/items?limit=50", "/api/items?limit=50"),
         Route("POST /api/items", "/api/items", script="/bench/post.lua"),
@@ -219,9 +219,9 @@ def base_image(project: Path) -> str:
 
 
 def up_until_ready(stack: Stack, deadline_seconds: float = 180) -> dict[str, Any]:
-    """`up` on fresh volumes; seconds until /health/ready first answers 200."""
+    """`up` on fresh volumes; seconds until /health/dependencies first answers 200."""
     stack.down()  # nothing of an earlier attempt: fresh volumes
-    url = f"http://127.0.0.1:{stack.app_port}/health/ready"
+    url = f"http://127.0.0.1:{stack.app_port}/health/dependencies"
     started, started_at = time.monotonic(), datetime.now(UTC)
     up = subprocess.Popen(
         stack.compose_command("up", "--detach", "app"),
@@ -245,7 +245,7 @@ def up_until_ready(stack: Stack, deadline_seconds: float = 180) -> dict[str, Any
             time.sleep(0.05)
     output, _ = up.communicate(timeout=deadline_seconds)
     if first_200 is None:
-        raise RuntimeError(f"/health/ready never answered 200; `up` said:\n{output[-4000:]}")
+        raise RuntimeError(f"/health/dependencies never answered 200; `up` said:\n{output[-4000:]}")
     return {"first_200_seconds": first_200, "timeline": timeline(stack, started_at)}
 
 
@@ -674,7 +674,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| cold build (no layer cache) | {cold} | |",
         f"| code-only rebuild | {build['code_rebuild_seconds']:.1f} s | |",
         f"| image size over `{build['base_image']}` | {image_size} | |",
-        f"| `up` on fresh volumes → first 200 from `/health/ready` "
+        f"| `up` on fresh volumes → first 200 from `/health/dependencies` "
         f"| {up['first_200_seconds']:.1f} s | |",
         "",
         "| goal | measured | met |",

@@ -19,7 +19,7 @@ from tests.helpers import TEMPLATE_DIR, require_docker
 
 ROUTES = {
     "GET /health/live",
-    "GET /health/ready",
+    "GET /health/dependencies",
     "GET /api/items/{id}",
     "GET /api/items?limit=50",
     "POST /api/items",

@@ -84,7 +84,7 @@ def test_the_image_job_brings_the_stack_up_on_a_first_push(tmp_path: Path) -> No
     with machine_load(exclusive=False):
         job = run_job(project, workflow, "compose", tmp_path / "runner", host_ports=ports)
     assert job.failed == [], job.report()
-    assert '"status":"ok"' in job.step("health/ready").output.replace(" ", "")
+    assert '"status":"ok"' in job.step("health/dependencies").output.replace(" ", "")
     assert [s.name for s in job.steps if s.skipped] == ["Logs on failure"]
 
 

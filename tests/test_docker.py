@@ -90,12 +90,14 @@ def check_app_logs_are_json_lines(stack: ComposeStack) -> None:
 
 
 def check_health_endpoints(stack: ComposeStack, context: dict[str, Any]) -> None:
-    assert stack.get("/health/live").status_code == 200
-    ready = stack.get("/health/ready")
-    assert ready.status_code == 200, ready.text
+    for probe in ("/health/live", "/health/ready"):
+        answer = stack.get(probe)
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"}), probe
+    dependencies = stack.get("/health/dependencies")
+    assert dependencies.status_code == 200, dependencies.text
     expected = {"database"} if context["use_postgres"] else set()
     expected |= {"redis"} if context["use_redis"] else set()
-    checks = ready.json()["checks"]
+    checks = dependencies.json()["checks"]
     assert set(checks) == expected
     assert all(check["status"] == "ok" for check in checks.values())
 

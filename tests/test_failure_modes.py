@@ -125,8 +125,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
-def ready_status(stack: ComposeStack) -> tuple[int, dict[str, str]]:
-    response = stack.get("/health/ready", timeout=5)
+def dependencies_status(stack: ComposeStack) -> tuple[int, dict[str, str]]:
+    response = stack.get("/health/dependencies", timeout=5)
     checks = {name: check["status"] for name, check in response.json()["checks"].items()}
     return response.status_code, checks
 
@@ -184,23 +184,27 @@ def test_a_nul_character_in_text_is_a_422_not_a_500(stack: ComposeStack, field: 
 
 @contextmanager
 def dependency_stopped(stack: ComposeStack, service: str, check: str) -> Iterator[dict[str, float]]:
-    """Stop a dependency: readiness must fail fast naming only it, liveness must
-    not notice; on exit start it again and wait until the app is ready, unrestarted."""
+    """Stop a dependency: /health/dependencies must fail fast naming only it, the
+    orchestrator's probes (live, ready) must not notice; on exit start it again and
+    wait until every dependency answers, the app unrestarted."""
     timings: dict[str, float] = {}
     app_started = stack.inspect("app")["State"]["StartedAt"]
     stack.compose("stop", service)
     try:
         started = time.monotonic()
-        status, checks = ready_status(stack)
-        timings["ready"] = time.monotonic() - started
+        status, checks = dependencies_status(stack)
+        timings["reported"] = time.monotonic() - started
         assert status == 503
         assert checks[check] != "ok"
         assert all(state == "ok" for name, state in checks.items() if name != check), checks
-        assert stack.get("/health/live").status_code == 200
+        for probe in ("/health/live", "/health/ready"):
+            assert stack.get(probe).status_code == 200, f"{probe} noticed the {check} outage"
         yield timings
     finally:
         stack.compose("start", service)
-    timings["recovered"] = wait_for(lambda: ready_status(stack)[0] == 200, 60, f"{check} recovery")
+    timings["recovered"] = wait_for(
+        lambda: dependencies_status(stack)[0] == 200, 60, f"{check} recovery"
+    )
     assert stack.inspect("app")["State"]["StartedAt"] == app_started, "the app was restarted"
 
 
@@ -216,7 +220,7 @@ def test_losing_postgres_degrades_to_503_and_recovers(
     assert stack.get("/api/items").status_code == 200
     record_property(
         "figure",
-        f"without Postgres: ready 503 in {timings['ready']:.2f} s, "
+        f"without Postgres: /health/dependencies 503 in {timings['reported']:.2f} s, "
         f"back to 200 {timings['recovered']:.1f} s after it started",
     )
 
@@ -230,7 +234,7 @@ def test_losing_redis_degrades_to_503_and_recovers(
         assert stack.get("/api/items").status_code == 200, "the database API does not need Redis"
     record_property(
         "figure",
-        f"without Redis: ready 503 in {timings['ready']:.2f} s, "
+        f"without Redis: /health/dependencies 503 in {timings['reported']:.2f} s, "
         f"back to 200 {timings['recovered']:.1f} s after it started",
     )
 

@@ -82,14 +82,17 @@ class Load:
             return Counter(outcome for at, outcome in self.outcomes if at >= moment)
 
 
-def readiness(stack: ComposeStack) -> int:
-    return readiness_and_failing_checks(stack)[0]
-
-
-def readiness_and_failing_checks(stack: ComposeStack) -> tuple[int, frozenset[str]]:
-    """The status of /health/ready and the checks its body reports as not ok."""
+def status_of(stack: ComposeStack, path: str) -> int:
     try:
-        response = stack.get("/health/ready", timeout=10)
+        return stack.get(path, timeout=10).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def failing_dependencies(stack: ComposeStack) -> tuple[int, frozenset[str]]:
+    """The status of /health/dependencies and the checks its body reports as not ok."""
+    try:
+        response = stack.get("/health/dependencies", timeout=10)
     except httpx.HTTPError:
         return 0, frozenset()
     checks = response.json().get("checks", {}) if response.status_code in {200, 503} else {}
@@ -130,8 +133,8 @@ def db_disconnected(stack: ComposeStack) -> None:
     run(["docker", "network", "connect", "--alias", "db", network, container], stack.project)
 
 
-# name: (the fault, the dependency readiness must report down during it, or None where
-# the dependency stays available and readiness rightly stays 200)
+# name: (the fault, the dependency /health/dependencies must report down during it, or
+# None where the dependency stays available and it rightly stays 200)
 CASES: dict[str, tuple[Callable[[ComposeStack], object], str | None]] = {
     "postgres restarted": (lambda stack: stack.compose("restart", "db"), "database"),
     "postgres backends terminated": (terminate_app_backends, None),
@@ -154,10 +157,13 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
     fault, dependency = CASES[case]
     created = httpx.post(stack.url("/api/items"), json={"name": "under load"}, timeout=10)
     assert created.status_code == 201, created.text
-    # Reads of the database, and readiness, which also reads Redis.
-    load = Load([stack.url(f"/api/items/{created.json()['id']}"), stack.url("/health/ready")])
+    # Reads of the database, and the dependency check, which also reads Redis.
+    load = Load(
+        [stack.url(f"/api/items/{created.json()['id']}"), stack.url("/health/dependencies")]
+    )
     memory_before = stack.memory_bytes("app") / 2**20
     probes: list[tuple[float, int, frozenset[str]]] = []
+    readiness: list[int] = []
     clients = [threading.Thread(target=load.client, args=(i,)) for i in range(CLIENTS)]
     for client in clients:
         client.start()
@@ -167,9 +173,10 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
         fault_started = time.monotonic()
         fault_over = threading.Event()
 
-        def probe() -> None:  # readiness, as a load balancer polls it, during the fault
+        def probe() -> None:  # as a monitor and the kubelet poll them, during the fault
             while not fault_over.is_set():
-                probes.append((time.monotonic(), *readiness_and_failing_checks(stack)))
+                probes.append((time.monotonic(), *failing_dependencies(stack)))
+                readiness.append(status_of(stack, "/health/ready"))
                 time.sleep(0.2)
 
         prober = threading.Thread(target=probe)
@@ -180,8 +187,8 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
         prober.join(timeout=60)
         # Within a few seconds of the dependency's return, only 200s.
         deadline = time.monotonic() + 30
-        while readiness(stack) != 200:
-            assert time.monotonic() < deadline, "readiness did not come back"
+        while failing_dependencies(stack)[0] != 200:
+            assert time.monotonic() < deadline, "the dependencies did not come back"
             time.sleep(0.2)
         recovered = time.monotonic()
         time.sleep(3)
@@ -200,16 +207,18 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
         f"{stack.name.split('-')[2]} {case}: {sum(everything.values())} requests, "
         f"{everything['503']} x 503, first 503 "
         + (f"{first_503 - fault_started:.1f} s after the fault" if first_503 else "never")
-        + f", ready again {recovered - fault_ended:.1f} s after it ended",
+        + f", dependencies answer again {recovered - fault_ended:.1f} s after it ended",
     )
     assert set(healthy_before) == {"200"}, f"not healthy before the fault: {healthy_before}"
     assert set(everything) <= {"200", "503"}, f"only 200 or 503 expected: {everything}"
     assert set(after) == {"200"}, f"still failing after recovery: {after}"
-    unready = [failing for _, status, failing in probes if status == 503]
+    # A shared dependency's fault never takes the instance out of the load balancer.
+    assert readiness and set(readiness) == {200}, Counter(readiness)
+    down = [failing for _, status, failing in probes if status == 503]
     if dependency is not None:
-        assert unready, "readiness never reported the fault"
+        assert down, "/health/dependencies never reported the fault"
         # It names the dependency that failed, and only that one.
-        assert set(unready) == {frozenset({dependency})}, unready
+        assert set(down) == {frozenset({dependency})}, down
     assert app_connections(stack) <= MAX_APP_CONNECTIONS
     memory_after = stack.memory_bytes("app") / 2**20
     record_property("figure", f"{case}: app memory {memory_before:.0f} -> {memory_after:.0f} MiB")

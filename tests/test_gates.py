@@ -292,7 +292,7 @@ def test_gitlab_runs_the_image_smoke_test_and_reads_coverage(variant: str) -> No
     script = "\n".join(image["before_script"] + image["script"])
     assert "docker compose build" in script
     assert "docker compose up --detach --wait" in script
-    assert re.search(r"http://docker:8000/health/ready", script)
+    assert re.search(r"http://docker:8000/health/dependencies", script)
     assert "docker compose down --volumes" in image["after_script"]
     test = document["test"]
     assert "uv run pytest --cov-report=xml" in test["script"]

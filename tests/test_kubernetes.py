@@ -661,7 +661,7 @@ def test_actionlint_reports_a_broken_workflow(tmp_path: Path) -> None:
     assert actionlint(broken), "actionlint found nothing wrong with a misspelt key"
 
 
-def test_kind_workflow_deploys_the_local_overlay_and_curls_readiness() -> None:
+def test_kind_workflow_deploys_the_local_overlay_and_curls_the_dependencies() -> None:
     """Each step found by what it does, in order, each always run and failing the job when
     its command fails (not words anywhere in the joined scripts)."""
     workflow = yaml.safe_load(WORKFLOW.read_text())
@@ -695,6 +695,6 @@ def test_kind_workflow_deploys_the_local_overlay_and_curls_readiness() -> None:
     curl = re.search(r"^\s*curl (.*?)(?<!\\)$", readiness, re.MULTILINE | re.DOTALL)
     assert curl is not None, readiness
     command = curl[0]
-    assert "--fail" in command.split() and "/health/ready" in command
+    assert "--fail" in command.split() and "/health/dependencies" in command
     # The script fails on the first failing command: bash -e, GitHub's default.
     assert "shell" not in steps[order[5]] and "|| true" not in command

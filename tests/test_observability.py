@@ -321,8 +321,10 @@ def test_every_scrape_counts_every_worker_exactly(
 @STACK_GROUP
 def test_a_request_is_one_trace_with_its_sql_and_redis_spans(stack: ComposeStack) -> None:
     marker = f"trace-{uuid.uuid4().hex[:8]}"
-    ready = httpx.get(stack.url("/health/ready"), headers={"X-Request-ID": marker}, timeout=10)
-    assert ready.status_code == 200
+    checked = httpx.get(
+        stack.url("/health/dependencies"), headers={"X-Request-ID": marker}, timeout=10
+    )
+    assert checked.status_code == 200
     receiver = f"http://127.0.0.1:{stack.port('otlp-receiver', 4318)}/"
     deadline = time.monotonic() + 30
     trace: list[dict[str, Any]] = []
@@ -340,7 +342,7 @@ def test_a_request_is_one_trace_with_its_sql_and_redis_spans(stack: ComposeStack
         time.sleep(0.5)
     assert trace_id, "no log line for the traced request"
     [server] = [s for s in trace if s["parent_span_id"] == ""]
-    assert server["attributes"].get("http.route") == "/health/ready"
+    assert server["attributes"].get("http.route") == "/health/dependencies"
     assert server["service"] == stack.project.name  # the project slug
     children = [s for s in trace if s["parent_span_id"] == server["span_id"]]
     names = [s["name"] for s in children]

@@ -347,13 +347,16 @@ async def test_an_outage_is_a_503_with_retry_after_and_bad_credentials_an_error_
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise failures.pop(0)
 
-    middleware = ErrorMiddleware(app, [flaky_dependency()])
+    told: list[str] = []
+    middleware = ErrorMiddleware(app, [flaky_dependency()], on_unavailable=told.append)
     with caplog.at_level(logging.DEBUG):
         starts = [(await call_method(middleware, "POST"))[0] for _ in range(3)]
     assert [start["status"] for start in starts] == [503, 503, 503]
     assert all(dict(start["headers"])[b"retry-after"] == b"5" for start in starts)
     levels = [r.levelname for r in caplog.records if r.name.endswith("errors")]
     assert levels == ["WARNING", "ERROR", "DEBUG"]
+    # Each failed request is told, by dependency name (metrics.py counts them).
+    assert told == ["thing"] * 3
 
 
 async def test_a_misconfiguration_is_an_error_again_once_the_interval_has_passed(

@@ -1,4 +1,4 @@
-"""/health/live and /health/ready, whatever clients the service opens."""
+"""/health/live, /health/ready and /health/dependencies, whatever clients the service opens."""
 
 from __future__ import annotations
 
@@ -15,72 +15,87 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 
-async def ready_and_live(settings: Settings) -> tuple[Response, Response]:
-    """/health/ready and /health/live of an app of its own, with its lifespan."""
+async def health_of(settings: Settings) -> dict[str, Response]:
+    """Each health endpoint of an app of its own, with its lifespan."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://test") as http:
-            return await http.get("/health/ready"), await http.get("/health/live")
+            return {
+                path: await http.get(f"/health/{path}")
+                for path in ("live", "ready", "dependencies")
+            }
 
 
-async def assert_unready_naming(broken: Settings, check: str) -> None:
-    """A dependency down: ready is a 503 naming its check, live stays 200."""
-    ready, live = await ready_and_live(broken)
-    assert ready.status_code == 503
-    body = ready.json()
+async def assert_down_naming(broken: Settings, check: str) -> None:
+    """A dependency down: /health/dependencies is a 503 naming only its check, while
+    the orchestrator's probes stay 200 (no restart, no pod out of the Service)."""
+    health_now = await health_of(broken)
+    assert health_now["live"].status_code == 200
+    assert health_now["ready"].status_code == 200
+    dependencies = health_now["dependencies"]
+    assert dependencies.status_code == 503
+    body = dependencies.json()
     assert body["status"] == "error"
-    # Anonymous probes learn that a check failed, not which driver raised what.
+    # Anonymous callers learn that a check failed, not which driver raised what.
     assert body["checks"][check] == {"status": "error", "detail": "unreachable"}
-    assert live.status_code == 200
+    failing = {name for name, result in body["checks"].items() if result["status"] != "ok"}
+    assert failing == {check}
 
 
-async def test_both_probes_answer_head(client: AsyncClient) -> None:
+async def test_every_health_endpoint_answers_head(client: AsyncClient) -> None:
     # HEAD is what some load balancers and uptime checkers send.
-    for path in ("/health/live", "/health/ready"):
+    for path in ("/health/live", "/health/ready", "/health/dependencies"):
         response = await client.head(path)
         assert response.status_code == 200, path
 
 
-async def test_live_touches_no_dependency(client: AsyncClient) -> None:
-    response = await client.get("/health/live")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+async def test_live_and_ready_touch_no_dependency(
+    app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def must_not_run(state: State) -> health.Dependencies:
+        raise AssertionError("an orchestrator probe checked the dependencies")
+
+    monkeypatch.setattr(health, "check_dependencies", must_not_run)
+    for path in ("/health/live", "/health/ready"):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert response.json() == {"status": "ok"}
 
 
-async def test_ready_reports_every_check_ok(app: FastAPI, client: AsyncClient) -> None:
-    response = await client.get("/health/ready")
+async def test_dependencies_reports_every_check_ok(app: FastAPI, client: AsyncClient) -> None:
+    response = await client.get("/health/dependencies")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
     # One check per client the lifespan opened; tests/test_health_<client>.py name them.
-    assert set(body["checks"]) == set(app.state.readiness_probes)
+    assert set(body["checks"]) == set(app.state.dependency_probes)
     assert all(check["status"] == "ok" for check in body["checks"].values())
 
 
-async def test_concurrent_readiness_probes_share_one_check(
+async def test_concurrent_dependency_checks_share_one_run(
     app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runs: list[int] = []
     original = health.check_dependencies
 
-    async def slow_check(state: State) -> health.Readiness:
+    async def slow_check(state: State) -> health.Dependencies:
         runs.append(1)
         await asyncio.sleep(0.2)
         return await original(state)
 
     monkeypatch.setattr(health, "check_dependencies", slow_check)
-    responses = await asyncio.gather(*(client.get("/health/ready") for _ in range(10)))
+    responses = await asyncio.gather(*(client.get("/health/dependencies") for _ in range(10)))
     assert {r.status_code for r in responses} == {200}
-    assert len(runs) == 1, "a burst of probes costs the dependencies one check"
+    assert len(runs) == 1, "a burst of requests costs the dependencies one check"
 
 
-async def test_shutdown_waits_for_a_running_readiness_check(
+async def test_shutdown_waits_for_a_running_dependency_check(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = asyncio.Event()
 
-    async def hanging_check(state: State) -> health.Readiness:
+    async def hanging_check(state: State) -> health.Dependencies:
         started.set()
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
@@ -89,9 +104,9 @@ async def test_shutdown_waits_for_a_running_readiness_check(
     async with app.router.lifespan_context(app):
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://test") as http:
-            probe = asyncio.create_task(http.get("/health/ready"))
+            probe = asyncio.create_task(http.get("/health/dependencies"))
             await started.wait()
-            check = app.state.readiness_check
+            check = app.state.dependency_check
     assert check.done(), "the check outlived the lifespan (and the pools it uses)"
     probe.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

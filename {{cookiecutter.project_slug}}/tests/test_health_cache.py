@@ -1,4 +1,4 @@
-"""Readiness and Redis."""
+"""The dependency check of Redis."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from httpx import AsyncClient
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .test_health import assert_unready_naming
+from .test_health import assert_down_naming
 
 
-async def test_ready_checks_redis(client: AsyncClient) -> None:
-    response = await client.get("/health/ready")
+async def test_dependencies_check_redis(client: AsyncClient) -> None:
+    response = await client.get("/health/dependencies")
     assert response.json()["checks"]["redis"]["status"] == "ok"
 
 
-async def test_ready_is_503_naming_an_unreachable_redis(settings: Settings) -> None:
+async def test_an_unreachable_redis_is_named_and_the_pod_stays_ready(settings: Settings) -> None:
     # Port 1 on loopback: nothing listens there, so the check fails fast.
     broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    await assert_unready_naming(broken, "redis")
+    await assert_down_naming(broken, "redis")

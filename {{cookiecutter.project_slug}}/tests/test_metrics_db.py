@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from {{ cookiecutter.package_name }}.db import SessionDep
+from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .test_db import terminate_app_connections
+from .test_db import database_down, terminate_app_connections
 from .test_metrics import scrape
 
 
@@ -57,3 +59,24 @@ async def test_connections_in_use_stay_true_through_an_outage(
     assert isinstance(pool, QueuePool)
     assert pool.checkedout() == 0
     assert await in_use(client) == 0
+
+
+async def test_requests_that_meet_a_database_outage_are_counted_by_dependency(
+    settings: Settings,
+) -> None:
+    # Readiness ignores the database (health.py): this counter is the signal to alert on.
+    app = create_app(database_down(settings, host="127.0.0.1", port="1"))
+
+    @app.get("/reads")
+    async def reads(session: SessionDep) -> None:
+        await session.execute(text("SELECT 1"))
+
+    key = ("dependency_failures_total", (("dependency", "database"),))
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            before = (await scrape(http)).get(key, 0.0)
+            statuses = [(await http.get("/reads")).status_code for _ in range(3)]
+            after = (await scrape(http)).get(key, 0.0)
+    assert statuses == [503] * 3
+    assert after - before == 3

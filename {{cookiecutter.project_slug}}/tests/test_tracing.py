@@ -80,7 +80,7 @@ async def test_a_request_is_one_trace_with_its_client_spans(
     async with app.router.lifespan_context(app):
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://test") as http:
-            response = await http.get("/health/ready", headers={"X-Request-ID": "traced"})
+            response = await http.get("/health/dependencies", headers={"X-Request-ID": "traced"})
     # Leaving the lifespan flushed the buffered spans.
     assert response.status_code == 200
     spans = [
@@ -90,12 +90,12 @@ async def test_a_request_is_one_trace_with_its_client_spans(
         for scope in resource.scope_spans
         for span in scope.spans
     ]
-    [(resource, server)] = [(r, s) for r, s in spans if s.name == "GET /health/ready"]
+    [(resource, server)] = [(r, s) for r, s in spans if s.name == "GET /health/dependencies"]
     attributes = {a.key: a.value.string_value for a in resource.attributes}
     assert attributes["service.name"] == "{{ cookiecutter.project_slug }}"
     children = [s for _, s in spans if s.parent_span_id == server.span_id]
     assert all(child.trace_id == server.trace_id for child in children)
-    # The lifespan registers a readiness probe per client (main.py), and instruments
+    # The lifespan registers a dependency probe per client (main.py), and instruments
     # that client: each probe's call is a child span naming its database system.
     systems = {
         attribute.value.string_value
@@ -103,7 +103,7 @@ async def test_a_request_is_one_trace_with_its_client_spans(
         for attribute in child.attributes
         if attribute.key in {"db.system", "db.system.name"}
     }
-    assert len(systems) == len(app.state.readiness_probes), [c.name for c in children]
+    assert len(systems) == len(app.state.dependency_probes), [c.name for c in children]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     traced = [line for line in lines if line.get("request_id") == "traced"]
     assert traced

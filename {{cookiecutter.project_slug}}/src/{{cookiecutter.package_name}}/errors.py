@@ -123,9 +123,16 @@ class ErrorMiddleware:
     here, instead of once more by the server's error middleware.
     """
 
-    def __init__(self, app: ASGIApp, dependencies: Sequence[Dependency] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        dependencies: Sequence[Dependency] = (),
+        on_unavailable: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.app = app
         self.dependencies = tuple(dependencies)
+        # Told the dependency's name each time a request fails on it (metrics.py counts).
+        self.on_unavailable = on_unavailable
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,6 +182,7 @@ class ErrorMiddleware:
         for dependency in self.dependencies:
             if dependency.unavailable(error):
                 self._log_unavailable(dependency, error)
+                self.on_unavailable(dependency.name)
                 return problem_response(
                     503,
                     f"the {dependency.name} is unavailable; retry later",
@@ -246,10 +254,16 @@ async def validation_error(request: Request, exc: Exception) -> ProblemResponse:
     return problem_response(422, "the request is not valid", errors=errors)
 
 
-def install_error_handling(app: FastAPI, dependencies: Iterable[Dependency] = ()) -> None:
+def install_error_handling(
+    app: FastAPI,
+    dependencies: Iterable[Dependency] = (),
+    on_unavailable: Callable[[str], None] = lambda _: None,
+) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_middleware(ErrorMiddleware, dependencies=list(dependencies))
+    app.add_middleware(
+        ErrorMiddleware, dependencies=list(dependencies), on_unavailable=on_unavailable
+    )
     _document_problems(app)
 
 

@@ -46,14 +46,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 
     Nothing connects here: pools connect lazily, so a worker starts even while
-    a dependency is down and /health/ready reports it instead of a crash loop.
+    a dependency is down: requests that need it get a 503 and
+    /health/dependencies names it, instead of a crash loop.
     Each close is registered as soon as its client exists, so a failure half
     way through still closes what was opened.
     """
 {%- endif %}
     settings: Settings = app.state.settings
-    # Filled below, one probe per client, for /health/ready (health.py).
-    app.state.readiness_probes = {}
+    # Filled below, one probe per client, for /health/dependencies (health.py).
+    app.state.dependency_probes = {}
     async with AsyncExitStack() as resources:
 {%- if cookiecutter.use_tracing %}
         tracer_provider: TracerProvider | None = app.state.tracer_provider
@@ -70,10 +71,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.autocommit_engine = db.autocommit(engine)
         app.state.connection_turns = db.ConnectionTurns(settings)
         app.state.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        # Readiness gets a connection of its own: it never queues behind requests.
+        # The dependency check gets a connection of its own: it never queues behind
+        # requests, so a saturated pool reads as busy, not as a database down.
         health_engine = db.create_engine(settings, pool_size=1, max_overflow=0)
         resources.push_async_callback(health_engine.dispose)
-        app.state.readiness_probes["database"] = partial(db.ping, health_engine)
+        app.state.dependency_probes["database"] = partial(db.ping, health_engine)
 {%- if cookiecutter.use_metrics %}
         metrics_db.observe_pool(engine)
 {%- endif %}
@@ -95,14 +97,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = cache.create_redis(settings)
         resources.push_async_callback(redis.aclose)
         app.state.redis = redis
-        app.state.readiness_probes["redis"] = partial(cache.ping, redis)
+        app.state.dependency_probes["redis"] = partial(cache.ping, redis)
 {%- if cookiecutter.use_tracing %}
         if tracer_provider is not None:
             resources.enter_context(tracing.instrumented(tracer_provider, RedisInstrumentor()))
 {%- endif %}
 {%- endif %}
-        # Registered last, so it runs first: no readiness check outlives the pools.
-        resources.push_async_callback(health.cancel_readiness_check, app.state)
+        # Registered last, so it runs first: no dependency check outlives the pools.
+        resources.push_async_callback(health.cancel_dependency_check, app.state)
         freeze_startup_objects(resources)
         logger.info("started", extra={"environment": settings.environment})
         yield
@@ -156,7 +158,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_redis %}
     dependencies.append(cache.FAILURES)
 {%- endif %}
+{%- if cookiecutter.use_metrics %}
+    install_error_handling(app, dependencies, on_unavailable=metrics.count_dependency_failure)
+{%- else %}
     install_error_handling(app, dependencies)
+{%- endif %}
     # Outside the error handling and inside the request id: they see the response the
     # client gets (the problem a failure became) and log it with the request's id.
     # Polled every few seconds by machines: in the access log only with ACCESS_LOG_PROBES.

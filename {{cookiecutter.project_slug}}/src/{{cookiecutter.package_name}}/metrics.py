@@ -50,6 +50,13 @@ LATENCY = Histogram(
 IN_PROGRESS = Gauge(
     "http_requests_in_progress", "HTTP requests being handled", multiprocess_mode="livesum"
 )
+# The dependency health signal to alert on: readiness ignores shared dependencies
+# (health.py), so their outages show here, by name, as the requests that met them.
+DEPENDENCY_FAILURES = Counter(
+    "dependency_failures",
+    "Requests answered 503 because a dependency was unavailable",
+    ["dependency"],
+)
 
 # Polled by Prometheus, like the health probes by the orchestrator: the access log
 # leaves it out unless ACCESS_LOG_PROBES=true (see access_log.py).
@@ -100,6 +107,10 @@ class MetricsMiddleware:
             labels = (method, route, str(status))
             REQUESTS.labels(*labels).inc()
             LATENCY.labels(*labels).observe(time.perf_counter() - started)
+
+
+def count_dependency_failure(dependency: str) -> None:
+    DEPENDENCY_FAILURES.labels(dependency).inc()
 
 
 def forget_dead_workers() -> None:

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     # How long one Redis command may take.
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 {%- endif %}
-    # How long one readiness check may take before it counts as failed.
+    # How long one dependency check (/health/dependencies) may take before it counts as failed.
     health_check_timeout_seconds: float = Field(default=1.0, gt=0)
 
     # Server settings, read by {% if cookiecutter.server == "gunicorn" %}gunicorn.conf.py{% else %}__main__.py{% endif %} before any worker starts.
