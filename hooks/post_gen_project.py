@@ -213,7 +213,7 @@ def next_steps(context: Mapping[str, Any], lock_problem: str | None) -> str:
     lines += [
         "  git init && git add -A && git commit -m 'Initial commit'",
         "  uv run pre-commit install         # lint, format and type-check on every commit",
-        "  docker compose up --build        # app on http://localhost:8000/health/ready",
+        "  docker compose up --build        # app on http://localhost:8000/health/dependencies",
         "  uv sync && uv run pytest         # tests (see README.md for the backing services)",
     ]
     return "\n".join(lines)

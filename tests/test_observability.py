@@ -279,6 +279,21 @@ def test_every_scrape_counts_every_worker_exactly(
     item_url = stack.url(f"/api/items/{created.json()['id']}")
     sent = 60
 
+    def unmatched_requests(samples: list[tuple[str, dict[str, str], float]]) -> float:
+        return sum(
+            value
+            for name, labels, value in samples
+            if name == "http_requests_total" and labels["route"] == "unmatched"
+        )
+
+    # The stack is shared: other tests' requests are in the totals, in any order. Only
+    # what this test adds is compared, with nothing else sending while it runs (one
+    # xdist group), so every scrape must show exactly this test's requests on top.
+    baseline = parse_exposition(stack.get("/metrics").text)
+    items_before = item_requests(baseline, "http_requests_total")
+    durations_before = item_requests(baseline, "http_request_duration_seconds_count")
+    unmatched_before = unmatched_requests(baseline)
+
     def fetch(_: int) -> int:
         # A new connection per request, several at once: the workers share them.
         return httpx.get(item_url, timeout=10).status_code
@@ -294,16 +309,13 @@ def test_every_scrape_counts_every_worker_exactly(
         assert scrape.status_code == 200
         assert scrape.headers["content-type"].startswith("text/plain")
         samples = parse_exposition(scrape.text)
-        assert item_requests(samples, "http_requests_total") == sent
-        assert item_requests(samples, "http_request_duration_seconds_count") == sent
+        assert item_requests(samples, "http_requests_total") - items_before == sent
+        assert (
+            item_requests(samples, "http_request_duration_seconds_count") - durations_before == sent
+        )
         buckets = [s for s in samples if s[0] == "http_request_duration_seconds_bucket"]
         assert buckets and any(labels.get("le") == "+Inf" for _, labels, _ in buckets)
-        unmatched = [
-            value
-            for name, labels, value in samples
-            if name == "http_requests_total" and labels["route"] == "unmatched"
-        ]
-        assert sum(unmatched) == len(scanned)
+        assert unmatched_requests(samples) - unmatched_before == len(scanned)
         label_values = {value for _, labels, _ in samples for value in labels.values()}
         assert not [v for v in label_values if v.startswith(("/scan/", "/api/items/1"))]
         assert {"db_pool_connections_in_use", "db_pool_overflow", "http_requests_in_progress"} <= {

@@ -4,10 +4,12 @@ The server's line is a sentence (``"GET /x HTTP/1.1" 200``); this one has
 fields a log query can filter on: method, path, route template, status,
 duration, request id, client address and user agent.
 
-Plain ASGI (not BaseHTTPMiddleware): no extra task per request, and it runs
-inside the request-id middleware, so the request id is set while it logs and an
-exception that escapes the app reaches it (logged as the 500 the client gets;
-the traceback is the request-id middleware's own line, with the same id).
+Plain ASGI (not BaseHTTPMiddleware): no extra task per request. It runs inside
+the request-id middleware, so the request id is set while it logs, and outside
+the error handling (errors.py), so a route's exception reaches it as the 500
+problem the client gets; the traceback is errors.py's one ERROR line, with the
+same request id. Only a failure after the response started (the client gets a
+cut-off body) still raises through here: the line then shows the status sent.
 """
 
 from __future__ import annotations
