@@ -8,6 +8,11 @@ variable (tests, a single process) the metrics live in this process's memory.
 
 Labels are bounded so that no request can create a new time series: the route
 is the matched template, never the raw path; unmatched paths share one value.
+
+Not prometheus-fastapi-instrumentator: it would replace the middleware and the route
+(about 45 lines) but not the multiprocess handling, and its series (statuses grouped as
+2xx, no status on the histogram) would break every service's dashboards; it also costs
+9 µs more a request (the template's docs/libraries-or-our-own.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """X-Request-ID: every request gets an id, every response and log line carries it.
 
 Plain ASGI (not BaseHTTPMiddleware): no extra task per request, and the id is set
-before any other middleware runs, so their log lines carry it too.
+before any other middleware runs, so their log lines carry it too. Not
+asgi-correlation-id: it logs a WARNING per rejected id (a line per request that an
+untrusted caller controls) and costs 14 µs more a request (measured: the template's
+docs/libraries-or-our-own.md).
 """
 
 from __future__ import annotations
