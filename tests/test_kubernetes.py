@@ -81,7 +81,6 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     ctx = context(name)
     slug = ctx["project_slug"]
     expected = {
-        ("Namespace", slug),
         ("ServiceAccount", slug),
         ("ConfigMap", None),
         ("Service", slug),
@@ -93,7 +92,9 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     if ctx["use_postgres"]:
         expected |= {("Job", None), ("NetworkPolicy", f"{slug}-migrate")}
     if overlay == "local":
-        expected.add(("Secret", f"{slug}-secrets"))
+        # Production's namespace is made once by hand: a prune of the overlay must not
+        # delete it, and the Secret in it.
+        expected |= {("Namespace", slug), ("Secret", f"{slug}-secrets")}
         for on, service in ((ctx["use_postgres"], "postgres"), (ctx["use_redis"], "redis")):
             if on:
                 expected |= {(k, service) for k in ("Service", "StatefulSet", "NetworkPolicy")}
@@ -140,6 +141,36 @@ def test_a_new_release_tag_makes_a_new_job_and_changes_nothing_else(
         (b["kind"], b["metadata"]["name"]) for b, a in zip(before, after, strict=True) if b != a
     }
     assert changed == {("Deployment", slug), ("Job", f"{slug}-migrate-0.1.0")}
+
+
+@pytest.mark.parametrize("name", ["default", "all-off"])
+def test_production_namespace_and_secret_are_made_once_outside_the_overlay(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The namespace file the README applies once is valid and restricted; the
+    ExternalSecret the README shows makes the Secret the pods read, with its keys."""
+    project = baked(name, tmp_path_factory)
+    slug = context(name)["project_slug"]
+    overlay = project / KUBERNETES_DIR / "overlays" / "production"
+    namespace = yaml.safe_load((overlay / "namespace.yaml").read_text())
+    kubernetes_validate.validate(namespace, KUBERNETES_VERSIONS[-1], strict=True)
+    assert namespace["metadata"]["name"] == slug
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    readme = (project / "README.md").read_text()
+    assert "kubectl apply -f deploy/kubernetes/overlays/production/namespace.yaml" in readme
+    blocks = [
+        yaml.safe_load(block)
+        for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+        if "kind: ExternalSecret" in block
+    ]
+    keys = production_secret_keys(project, slug)
+    if not keys:
+        assert blocks == []
+        return
+    [external] = blocks
+    assert external["metadata"]["namespace"] == slug
+    assert external["spec"]["target"]["name"] == f"{slug}-secrets"
+    assert {item["secretKey"] for item in external["spec"]["data"]} == keys
 
 
 # --- 2. strict schemas ------------------------------------------------------------------------
@@ -481,16 +512,17 @@ def referenced_keys(template: dict[str, Any]) -> list[tuple[str, str, str | None
 
 
 def production_secret_keys(project: Path, slug: str) -> set[str]:
-    """The keys the README's `kubectl create secret` command gives the production Secret."""
+    """The keys the README's `kubectl create secret` command gives the production Secret:
+    those of the example file it is made from, and never a value on the command line."""
     readme = (project / "README.md").read_text()
-    command = re.search(
-        rf"kubectl --namespace {slug} create secret generic {slug}-secrets(.*?)\n```",
-        readme,
-        re.DOTALL,
-    )
-    if command is None:  # a service with no database or cache has no secret to create
-        return set()
-    return set(re.findall(r"--from-literal=([A-Z_]+)=", command.group(1)))
+    assert "--from-literal" not in readme
+    keys = set(secrets_example(project, "production"))
+    if keys:
+        assert (
+            f"kubectl --namespace {slug} create secret generic {slug}-secrets --from-env-file="
+            in readme
+        )
+    return keys
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)
