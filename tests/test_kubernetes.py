@@ -24,7 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helpers import IN_CI, TEMPLATE_DIR, run
+from hooks.pre_gen_project import JOB_NAME_LIMIT, RELEASE_TAG_ROOM
+from tests.helpers import IN_CI, TEMPLATE_DIR, bake, run
 from tests.kubernetes import (
     COMBINATIONS,
     GROUP,
@@ -171,6 +172,72 @@ def test_production_namespace_and_secret_are_made_once_outside_the_overlay(
     assert external["metadata"]["namespace"] == slug
     assert external["spec"]["target"]["name"] == f"{slug}-secrets"
     assert {item["secretKey"] for item in external["spec"]["data"]} == keys
+
+
+FAKE_DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def pinned(
+    project: Path, factory: pytest.TempPathFactory, tag: str | None, digest: str = FAKE_DIGEST
+) -> Path:
+    """A copy of the project's manifests with production pinned as the release workflow's
+    `kustomize edit set image` pins it: registry/name:tag@digest (tag None: digest alone)."""
+    copy = factory.mktemp("pinned") / project.name
+    shutil.copytree(project / "deploy", copy / "deploy")
+    kustomization = copy / KUBERNETES_DIR / "overlays" / "production" / "kustomization.yaml"
+    text = kustomization.read_text()
+    found = re.search(r'^    newTag: ".*"$', text, re.MULTILINE)
+    assert found is not None, "the production overlay sets no tag"
+    pin = (f'    newTag: "{tag}"\n' if tag is not None else "") + f"    digest: {digest}"
+    kustomization.write_text(text[: found.start()] + pin + text[found.end() :])
+    return copy
+
+
+@GROUP
+def test_production_pinned_by_digest_runs_it_everywhere_under_valid_names(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    for name in COMBINATIONS:
+        ctx = context(name)
+        slug = ctx["project_slug"]
+        project = pinned(baked(name, tmp_path_factory), tmp_path_factory, "1.2.3-rc.1")
+        docs = [d for d in yaml.safe_load_all(render_text(project, "production")) if d]
+        images = {c["image"] for _, template in pod_specs(docs) for c in containers(template)}
+        assert images == {f"registry.example.com/{slug}:1.2.3-rc.1@{FAKE_DIGEST}"}, name
+        for doc in docs:
+            assert DNS_NAME.fullmatch(doc["metadata"]["name"]), doc["metadata"]["name"]
+        jobs = [job["metadata"]["name"] for job in objects(docs, "Job")]
+        assert jobs == ([f"{slug}-migrate-1.2.3-rc.1"] if ctx["use_postgres"] else []), name
+
+
+@GROUP
+def test_a_digest_without_a_tag_stops_the_build_instead_of_naming_the_job_after_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = pinned(baked("default", tmp_path_factory), tmp_path_factory, tag=None)
+    with pytest.raises(pytest.fail.Exception, match="out of bounds"):
+        render_text(project, "production")
+
+
+def test_the_longest_slug_allowed_names_a_job_that_fits(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The hook keeps room for a 16-character release tag in the migration Job's name."""
+    slug = "a" * (JOB_NAME_LIMIT - len("-migrate-") - RELEASE_TAG_ROOM)
+    project = bake(tmp_path_factory.mktemp("long-slug"), project_slug=slug, use_redis=False)
+    tag = "10.20.30-rc.1234"
+    assert len(tag) == RELEASE_TAG_ROOM
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            render_text(pinned(project, tmp_path_factory, tag), "production")
+        )
+        if d
+    ]
+    [job] = objects(docs, "Job")
+    assert job["metadata"]["name"] == f"{slug}-migrate-{tag}"
+    assert len(job["metadata"]["name"]) == JOB_NAME_LIMIT
+    kubernetes_validate.validate(job, KUBERNETES_VERSIONS[-1], strict=True)
 
 
 # --- 2. strict schemas ------------------------------------------------------------------------
@@ -376,7 +443,7 @@ def egress_the_settings_need(
     ]
     for key, value in values.items():
         url = urlsplit(value)
-        if keys is not None and key not in keys or not (url.scheme and url.hostname):
+        if (keys is not None and key not in keys) or not (url.scheme and url.hostname):
             continue
         scheme = url.scheme.split("+")[0]
         ports = {url.port or DEFAULT_PORTS[scheme]} | ALTERNATIVE_PORTS.get(scheme, set())
@@ -620,7 +687,7 @@ def connections_at_the_most(project: Path, docs: list[dict[str, Any]], slug: str
     settings |= one(docs, "ConfigMap")["data"]
     hpa = one(docs, "HorizontalPodAutoscaler", slug)
     rollout = one(docs, "Deployment", slug)["spec"]["strategy"]["rollingUpdate"]
-    pods = hpa["spec"]["maxReplicas"] + int(rollout["maxSurge"])
+    pods = int(hpa["spec"]["maxReplicas"]) + int(rollout["maxSurge"])
     per_pod = int(settings["WEB_CONCURRENCY"]) * connections_per_process(project, settings)
     return pods * per_pod + len(objects(docs, "Job"))
 
