@@ -169,6 +169,28 @@ def validate_combination(context: Mapping[str, Any]) -> None:
         )
 
 
+# Kubernetes names the migration Job <slug>-migrate-<release tag>; a Job's name is also a
+# label value, so at most 63 characters. This much room is kept for the tag (1.2.3-rc.1,
+# a 12-character commit).
+JOB_NAME_LIMIT = 63
+RELEASE_TAG_ROOM = 16
+
+
+def validate_kubernetes_names(context: Mapping[str, Any]) -> None:
+    if not (context["use_kubernetes"] and context["use_postgres"]):
+        return
+    slug, version = str(context["project_slug"]), str(context["version"])
+    prefix = f"{slug}-migrate-"
+    room = JOB_NAME_LIMIT - len(prefix)
+    if room < max(RELEASE_TAG_ROOM, len(version)):
+        raise ValidationError(
+            f"project_slug {slug!r} is too long for Kubernetes: the migration Job "
+            f"{prefix}<release tag> must fit {JOB_NAME_LIMIT} characters with a tag of "
+            f"{max(RELEASE_TAG_ROOM, len(version))}; shorten it to "
+            f"{len(slug) - max(RELEASE_TAG_ROOM, len(version)) + room} characters."
+        )
+
+
 def validate(context: Mapping[str, Any]) -> None:
     """Raise ValidationError for the first answer that breaks a rule."""
     validate_project_name(str(context["project_name"]))
@@ -179,6 +201,7 @@ def validate(context: Mapping[str, Any]) -> None:
     validate_version(str(context["version"]))
     validate_choices(context)
     validate_combination(context)
+    validate_kubernetes_names(context)
 
 
 def main() -> int:

@@ -23,12 +23,18 @@ KUBERNETES_DIR = Path("deploy") / "kubernetes"
 OVERLAYS = ("local", "production")
 
 # Each option that changes a manifest, in every value: Postgres and Redis on
-# and off (together too), the server, and the versions that change paths or images.
+# and off (together too, with metrics off), tracing, the server, and the versions
+# that change paths or images.
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-postgres": {"use_postgres": False, "include_example_api": False},
     "no-redis": {"use_redis": False},
-    "no-services": {"use_postgres": False, "use_redis": False, "include_example_api": False},
+    "all-off": {
+        "use_postgres": False,
+        "use_redis": False,
+        "include_example_api": False,
+        "use_metrics": False,
+    },
     "uvicorn": {"server": "uvicorn"},
     "tracing": {"use_tracing": True},
     "pg18": {"postgres_version": "18"},

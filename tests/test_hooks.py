@@ -73,6 +73,16 @@ def test_example_api_without_postgres_is_refused() -> None:
         pre.validate(context_of(use_postgres=False, include_example_api=True))
 
 
+def test_a_slug_that_leaves_no_room_for_the_migration_jobs_tag_is_refused() -> None:
+    longest = 63 - len("-migrate-") - pre.RELEASE_TAG_ROOM
+    pre.validate(context_of(project_slug="a" * longest))
+    with pytest.raises(pre.ValidationError, match=f"shorten it to {longest} characters"):
+        pre.validate(context_of(project_slug="a" * (longest + 1)))
+    # Without the Job, only the general limit applies.
+    pre.validate(context_of(project_slug="a" * 60, use_kubernetes=False))
+    pre.validate(context_of(project_slug="a" * 60, use_postgres=False, include_example_api=False))
+
+
 def test_defaults_are_valid() -> None:
     pre.validate(context_of())
 

@@ -9,6 +9,7 @@ Layer 5 (the pod specs run under Docker) is tests/test_kubernetes_docker.py.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -23,7 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helpers import IN_CI, TEMPLATE_DIR, run
+from hooks.pre_gen_project import JOB_NAME_LIMIT, RELEASE_TAG_ROOM
+from tests.helpers import IN_CI, TEMPLATE_DIR, bake, run
 from tests.kubernetes import (
     COMBINATIONS,
     GROUP,
@@ -44,8 +46,9 @@ KUBERNETES_VERSIONS = ("1.31", "1.34")
 CHECKOV = "checkov==3.3.30"
 # (check, overlay file) pairs that a manifest annotation may skip; the annotation says why.
 SKIPS_ALLOWED = {
-    # Image by digest: release tags are immutable and name the migration Job.
-    *(("CKV_K8S_43", f"{overlay}.yaml") for overlay in OVERLAYS),
+    # Image by digest: production is pinned by one (as the release workflow pins it);
+    # an image loaded into a local cluster has none.
+    ("CKV_K8S_43", "local.yaml"),
     # Secrets as files: the service reads its settings from the environment.
     *(("CKV_K8S_35", f"{overlay}.yaml") for overlay in OVERLAYS),
     # Pull policy Always: a local image is loaded into the cluster, not pulled.
@@ -80,7 +83,6 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     ctx = context(name)
     slug = ctx["project_slug"]
     expected = {
-        ("Namespace", slug),
         ("ServiceAccount", slug),
         ("ConfigMap", None),
         ("Service", slug),
@@ -92,7 +94,9 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     if ctx["use_postgres"]:
         expected |= {("Job", None), ("NetworkPolicy", f"{slug}-migrate")}
     if overlay == "local":
-        expected.add(("Secret", f"{slug}-secrets"))
+        # Production's namespace is made once by hand: a prune of the overlay must not
+        # delete it, and the Secret in it.
+        expected |= {("Namespace", slug), ("Secret", f"{slug}-secrets")}
         for on, service in ((ctx["use_postgres"], "postgres"), (ctx["use_redis"], "redis")):
             if on:
                 expected |= {(k, service) for k in ("Service", "StatefulSet", "NetworkPolicy")}
@@ -110,7 +114,7 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
 def test_a_missing_local_secrets_file_is_a_clear_error(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    project = baked("no-services", tmp_path_factory)
+    project = baked("all-off", tmp_path_factory)
     copy = tmp_path_factory.mktemp("no-secrets") / "project"
     shutil.copytree(project / "deploy", copy / "deploy")
     (copy / "deploy/kubernetes/overlays/local/secrets.env").unlink()
@@ -139,6 +143,102 @@ def test_a_new_release_tag_makes_a_new_job_and_changes_nothing_else(
         (b["kind"], b["metadata"]["name"]) for b, a in zip(before, after, strict=True) if b != a
     }
     assert changed == {("Deployment", slug), ("Job", f"{slug}-migrate-0.1.0")}
+
+
+@pytest.mark.parametrize("name", ["default", "all-off"])
+def test_production_namespace_and_secret_are_made_once_outside_the_overlay(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The namespace file the README applies once is valid and restricted; the
+    ExternalSecret the README shows makes the Secret the pods read, with its keys."""
+    project = baked(name, tmp_path_factory)
+    slug = context(name)["project_slug"]
+    overlay = project / KUBERNETES_DIR / "overlays" / "production"
+    namespace = yaml.safe_load((overlay / "namespace.yaml").read_text())
+    kubernetes_validate.validate(namespace, KUBERNETES_VERSIONS[-1], strict=True)
+    assert namespace["metadata"]["name"] == slug
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    readme = (project / "README.md").read_text()
+    assert "kubectl apply -f deploy/kubernetes/overlays/production/namespace.yaml" in readme
+    blocks = [
+        yaml.safe_load(block)
+        for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+        if "kind: ExternalSecret" in block
+    ]
+    keys = production_secret_keys(project, slug)
+    if not keys:
+        assert blocks == []
+        return
+    [external] = blocks
+    assert external["metadata"]["namespace"] == slug
+    assert external["spec"]["target"]["name"] == f"{slug}-secrets"
+    assert {item["secretKey"] for item in external["spec"]["data"]} == keys
+
+
+FAKE_DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def pinned(
+    project: Path, factory: pytest.TempPathFactory, tag: str | None, digest: str = FAKE_DIGEST
+) -> Path:
+    """A copy of the project's manifests with production pinned as the release workflow's
+    `kustomize edit set image` pins it: registry/name:tag@digest (tag None: digest alone)."""
+    copy = factory.mktemp("pinned") / project.name
+    shutil.copytree(project / "deploy", copy / "deploy")
+    kustomization = copy / KUBERNETES_DIR / "overlays" / "production" / "kustomization.yaml"
+    text = kustomization.read_text()
+    found = re.search(r'^    newTag: ".*"$', text, re.MULTILINE)
+    assert found is not None, "the production overlay sets no tag"
+    pin = (f'    newTag: "{tag}"\n' if tag is not None else "") + f"    digest: {digest}"
+    kustomization.write_text(text[: found.start()] + pin + text[found.end() :])
+    return copy
+
+
+@GROUP
+def test_production_pinned_by_digest_runs_it_everywhere_under_valid_names(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    for name in COMBINATIONS:
+        ctx = context(name)
+        slug = ctx["project_slug"]
+        project = pinned(baked(name, tmp_path_factory), tmp_path_factory, "1.2.3-rc.1")
+        docs = [d for d in yaml.safe_load_all(render_text(project, "production")) if d]
+        images = {c["image"] for _, template in pod_specs(docs) for c in containers(template)}
+        assert images == {f"registry.example.com/{slug}:1.2.3-rc.1@{FAKE_DIGEST}"}, name
+        for doc in docs:
+            assert DNS_NAME.fullmatch(doc["metadata"]["name"]), doc["metadata"]["name"]
+        jobs = [job["metadata"]["name"] for job in objects(docs, "Job")]
+        assert jobs == ([f"{slug}-migrate-1.2.3-rc.1"] if ctx["use_postgres"] else []), name
+
+
+@GROUP
+def test_a_digest_without_a_tag_stops_the_build_instead_of_naming_the_job_after_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = pinned(baked("default", tmp_path_factory), tmp_path_factory, tag=None)
+    with pytest.raises(pytest.fail.Exception, match="out of bounds"):
+        render_text(project, "production")
+
+
+def test_the_longest_slug_allowed_names_a_job_that_fits(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The hook keeps room for a 16-character release tag in the migration Job's name."""
+    slug = "a" * (JOB_NAME_LIMIT - len("-migrate-") - RELEASE_TAG_ROOM)
+    project = bake(tmp_path_factory.mktemp("long-slug"), project_slug=slug, use_redis=False)
+    tag = "10.20.30-rc.1234"
+    assert len(tag) == RELEASE_TAG_ROOM
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            render_text(pinned(project, tmp_path_factory, tag), "production")
+        )
+        if d
+    ]
+    [job] = objects(docs, "Job")
+    assert job["metadata"]["name"] == f"{slug}-migrate-{tag}"
+    assert len(job["metadata"]["name"]) == JOB_NAME_LIMIT
+    kubernetes_validate.validate(job, KUBERNETES_VERSIONS[-1], strict=True)
 
 
 # --- 2. strict schemas ------------------------------------------------------------------------
@@ -203,7 +303,10 @@ def test_checkov_finds_nothing_and_every_skip_says_why(
     directory = tmp_path_factory.mktemp("checkov")
     for name in COMBINATIONS:
         for overlay in OVERLAYS:
-            text = render_text(baked(name, tmp_path_factory), overlay)
+            project = baked(name, tmp_path_factory)
+            if overlay == "production":  # as it is deployed: pinned by the release
+                project = pinned(project, tmp_path_factory, f"{context(name)['version']}")
+            text = render_text(project, overlay)
             (directory / f"{name}-{overlay}.yaml").write_text(text)
     reports = checkov_results(directory)
     failed = [
@@ -268,6 +371,17 @@ def test_selectors_and_targets_point_at_the_workloads(
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     pdb = one(docs, "PodDisruptionBudget", slug)
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # Unready pods serve nothing: evicting them never waits for the budget (a drain
+    # during an outage would otherwise hang).
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # No two replicas more on one node than on another; zones only as far as they exist.
+    spreads = {
+        c["topologyKey"]: c
+        for c in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    }
+    assert spreads["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spreads["kubernetes.io/hostname"]["nodeTaintsPolicy"] == "Honor"
+    assert spreads["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
     for policy in objects(docs, "NetworkPolicy"):
         selected = [
             n
@@ -291,34 +405,104 @@ def test_selectors_and_targets_point_at_the_workloads(
 
 # Where a URL in the settings names no port.
 DEFAULT_PORTS = {"postgresql": 5432, "redis": 6379, "rediss": 6379, "http": 80, "https": 443}
+# The other ports a destination of that kind listens on, allowed beside the URL's own so
+# that the usual change of address needs no policy edit: PgBouncer in front of PostgreSQL,
+# Azure's TLS port for Redis.
+ALTERNATIVE_PORTS = {"postgresql": {6432}, "redis": {6380}, "rediss": {6380}}
+# The cluster peers the policies name (README, "In production"): namespaces by the label
+# Kubernetes sets on each, the DNS pods by CoreDNS's kube-dns label.
+INGRESS_CONTROLLER_NAMESPACE = "ingress-nginx"
+MONITORING_NAMESPACE = "monitoring"
+DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
 
 
-def ports_the_settings_point_at(project: Path, docs: list[dict[str, Any]]) -> set[int]:
-    """The port of every URL in the app's ConfigMap and in the local overlay's secrets."""
-    values = list(one(docs, "ConfigMap")["data"].values())
-    secrets = project / KUBERNETES_DIR / "overlays" / "local" / "secrets.env.example"
-    values += [line.split("=", 1)[1] for line in secrets.read_text().splitlines() if "=" in line]
-    ports = set()
-    for value in values:
+def namespace_peer(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def secrets_example(project: Path, overlay: str) -> dict[str, str]:
+    """The overlay's Secret as its example lists it (production: the keys the README asks for)."""
+    example = project / KUBERNETES_DIR / "overlays" / overlay / "secrets.env.example"
+    if not example.exists():  # a service with no database or cache has no secret
+        return {}
+    return dict(
+        line.split("=", 1)
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+
+def egress_the_settings_need(
+    project: Path, overlay: str, docs: list[dict[str, Any]], keys: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """One egress rule per URL in the settings (ConfigMap and Secret), as the policy must
+    have it: a cluster Service (host `name.namespace`) by its namespace, anything else
+    (a managed service, or a pod of this namespace) by port; plus the cluster's DNS."""
+    values = one(docs, "ConfigMap")["data"] | secrets_example(project, overlay)
+    rules: list[dict[str, Any]] = [
+        {"to": [DNS_PEER], "ports": [{"port": 53, "protocol": p} for p in ("UDP", "TCP")]}
+    ]
+    for key, value in values.items():
         url = urlsplit(value)
-        if url.scheme and url.netloc:
-            ports.add(url.port or DEFAULT_PORTS[url.scheme.split("+")[0]])
-    return ports
+        if (keys is not None and key not in keys) or not (url.scheme and url.hostname):
+            continue
+        scheme = url.scheme.split("+")[0]
+        ports = {url.port or DEFAULT_PORTS[scheme]} | ALTERNATIVE_PORTS.get(scheme, set())
+        rule: dict[str, Any] = {"ports": [{"port": p, "protocol": "TCP"} for p in sorted(ports)]}
+        labels = url.hostname.split(".")
+        if len(labels) >= 2 and labels[2:3] in ([], ["svc"]):
+            rule = {"to": [namespace_peer(labels[1])], **rule}
+        rules.append(rule)
+    return rules
+
+
+def canonical(rules: list[dict[str, Any]]) -> list[str]:
+    """Rules compared as a set (their order means nothing), each in a fixed form."""
+    return sorted(json.dumps(rule, sort_keys=True) for rule in rules)
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)
-def test_egress_reaches_only_dns_and_what_the_settings_point_at(
+def test_egress_reaches_the_cluster_dns_and_what_the_settings_name_only(
+    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    docs = docs_for(name, overlay, tmp_path_factory)
+    ctx = context(name)
+    slug = ctx["project_slug"]
+    project = baked(name, tmp_path_factory)
+    web = one(docs, "NetworkPolicy", f"{slug}-web")
+    expected = egress_the_settings_need(project, overlay, docs)
+    assert canonical(web["spec"]["egress"]) == canonical(expected)
+    # Each chosen service is among them (a setting forgotten is not a rule spared).
+    ports = {p["port"] for rule in web["spec"]["egress"] for p in rule["ports"]}
+    chosen = {5432: ctx["use_postgres"], 6379: ctx["use_redis"], 4318: ctx["use_tracing"]}
+    assert {port for port, on in chosen.items() if on} == ports & set(chosen)
+    if ctx["use_postgres"]:
+        # The migration Job: the cluster's DNS and the database, nothing in.
+        migrate = one(docs, "NetworkPolicy", f"{slug}-migrate")
+        needed = egress_the_settings_need(project, overlay, docs, keys={"DATABASE_URL"})
+        assert canonical(migrate["spec"]["egress"]) == canonical(needed)
+        assert migrate["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert "ingress" not in migrate["spec"]
+
+
+@pytest.mark.parametrize(("name", "overlay"), CASES)
+def test_ingress_comes_only_from_the_ingress_controller_and_monitoring(
     name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     docs = docs_for(name, overlay, tmp_path_factory)
     ctx = context(name)
     web = one(docs, "NetworkPolicy", f"{ctx['project_slug']}-web")
-    ports = {(p["port"], p["protocol"]) for rule in web["spec"]["egress"] for p in rule["ports"]}
-    needed = ports_the_settings_point_at(baked(name, tmp_path_factory), docs)
-    assert ports == {(53, "UDP"), (53, "TCP")} | {(port, "TCP") for port in needed}
-    # Each chosen service is among them (a setting forgotten is not a port spared).
-    chosen = {5432: ctx["use_postgres"], 6379: ctx["use_redis"], 4318: ctx["use_tracing"]}
-    assert {port for port, on in chosen.items() if on} == needed
+    sources = [INGRESS_CONTROLLER_NAMESPACE]
+    if ctx["use_metrics"]:
+        sources.append(MONITORING_NAMESPACE)  # Prometheus scrapes /metrics on the app's port
+    expected = [
+        {"from": [namespace_peer(namespace)], "ports": [{"port": "http", "protocol": "TCP"}]}
+        for namespace in sources
+    ]
+    assert canonical(web["spec"]["ingress"]) == canonical(expected)
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)
@@ -399,16 +583,17 @@ def referenced_keys(template: dict[str, Any]) -> list[tuple[str, str, str | None
 
 
 def production_secret_keys(project: Path, slug: str) -> set[str]:
-    """The keys the README's `kubectl create secret` command gives the production Secret."""
+    """The keys the README's `kubectl create secret` command gives the production Secret:
+    those of the example file it is made from, and never a value on the command line."""
     readme = (project / "README.md").read_text()
-    command = re.search(
-        rf"kubectl --namespace {slug} create secret generic {slug}-secrets(.*?)\n```",
-        readme,
-        re.DOTALL,
-    )
-    if command is None:  # a service with no database or cache has no secret to create
-        return set()
-    return set(re.findall(r"--from-literal=([A-Z_]+)=", command.group(1)))
+    assert "--from-literal" not in readme
+    keys = set(secrets_example(project, "production"))
+    if keys:
+        assert (
+            f"kubectl --namespace {slug} create secret generic {slug}-secrets --from-env-file="
+            in readme
+        )
+    return keys
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)
@@ -454,6 +639,23 @@ def test_the_settings_fit_kubernetes(
     )
     http = next(p for p in app["ports"] if p["name"] == "http")
     assert settings["WEB_CONCURRENCY"] == "1", "one worker per pod; scale by replicas"
+    # X-Forwarded-* believed from port-forward, and in production from the ingress
+    # controller's pod range too; never from anyone ("*").
+    trusted = [ipaddress.ip_network(entry) for entry in settings["FORWARDED_ALLOW_IPS"].split(",")]
+    assert ipaddress.ip_network("127.0.0.1/32") in trusted
+    if overlay == "production":
+        assert any(not network.is_loopback and network.is_private for network in trusted)
+    else:
+        assert trusted == [ipaddress.ip_network("127.0.0.1/32")]
+    if overlay == "production":
+        # The autoscaler's CPU percentage is of a request that is what one worker can
+        # use: a pod at 70 % is a worker 70 % busy (base/hpa.yaml).
+        assert app["resources"]["requests"]["cpu"] == app["resources"]["limits"]["cpu"] == "1"
+    hpa = one(docs, "HorizontalPodAutoscaler", context(name)["project_slug"])
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # Kubernetes' defaults for scaling down, not a copy of them.
+    assert "behavior" not in hpa["spec"]
     assert int(settings["PORT"]) == http["containerPort"]
     assert settings["ENVIRONMENT"] == {"local": "local", "production": "production"}[overlay]
     # Every ConfigMap key is a setting the service documents (the OpenTelemetry
@@ -467,29 +669,53 @@ def test_the_settings_fit_kubernetes(
     assert set(settings) <= documented
 
 
-# PostgreSQL's default max_connections less its superuser_reserved_connections.
-DATABASE_CONNECTION_BUDGET = 100 - 3
+# Where the production overlay states the database's connection budget, once.
+BUDGET_ANNOTATION = "database-connection-budget"
+# An engine the app opens beside its request pool (readiness has had one of its own).
+EXTRA_ENGINE = re.compile(r"db\.create_engine\(settings, pool_size=(\d+), max_overflow=(\d+)\)")
 
 
-@pytest.mark.parametrize(("name", "overlay"), CASES)
-def test_the_pods_at_their_most_fit_the_databases_connections(
-    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    if not context(name)["use_postgres"]:
-        return
-    docs = docs_for(name, overlay, tmp_path_factory)
-    slug = context(name)["project_slug"]
-    example = (baked(name, tmp_path_factory) / ".env.example").read_text()
+def connections_per_process(project: Path, settings: dict[str, str]) -> int:
+    """The request pool at its fullest, plus every extra engine's, as the baked app opens them."""
+    package = next((project / "src").iterdir())
+    extra = EXTRA_ENGINE.findall((package / "main.py").read_text())
+    pool = int(settings["DATABASE_POOL_SIZE"]) + int(settings["DATABASE_MAX_OVERFLOW"])
+    return pool + sum(int(size) + int(overflow) for size, overflow in extra)
+
+
+def connections_at_the_most(project: Path, docs: list[dict[str, Any]], slug: str) -> int:
+    """Every server process of the most pods the rollout and the autoscaler allow, plus
+    each migration Job's one. An init container is done before its app opens the pool."""
+    example = (project / ".env.example").read_text()
     settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
     settings |= one(docs, "ConfigMap")["data"]
     hpa = one(docs, "HorizontalPodAutoscaler", slug)
     rollout = one(docs, "Deployment", slug)["spec"]["strategy"]["rollingUpdate"]
-    pods = hpa["spec"]["maxReplicas"] + int(rollout["maxSurge"])
-    # Each server process: its pool, its overflow and the readiness check's connection.
-    per_process = int(settings["DATABASE_POOL_SIZE"]) + int(settings["DATABASE_MAX_OVERFLOW"]) + 1
-    jobs = len(objects(docs, "Job"))  # the migration Job, one connection
-    total = pods * int(settings["WEB_CONCURRENCY"]) * per_process + jobs
-    assert total <= DATABASE_CONNECTION_BUDGET, f"{total} connections at the most"
+    pods = int(hpa["spec"]["maxReplicas"]) + int(rollout["maxSurge"])
+    per_pod = int(settings["WEB_CONCURRENCY"]) * connections_per_process(project, settings)
+    return pods * per_pod + len(objects(docs, "Job"))
+
+
+@GROUP
+def test_production_at_its_most_fits_the_stated_connection_budget(
+    tmp_path_factory: pytest.TempPathFactory, record_property: Any
+) -> None:
+    for name in COMBINATIONS:
+        ctx = context(name)
+        slug = ctx["project_slug"]
+        docs = docs_for(name, "production", tmp_path_factory)
+        annotations = one(docs, "HorizontalPodAutoscaler", slug)["metadata"].get("annotations", {})
+        if not ctx["use_postgres"]:
+            assert BUDGET_ANNOTATION not in annotations, name
+            continue
+        budget = int(annotations[BUDGET_ANNOTATION])
+        total = connections_at_the_most(baked(name, tmp_path_factory), docs, slug)
+        assert total <= budget, f"{name}: {total} connections at the most, budget {budget}"
+        # PostgreSQL's default max_connections (100) less its reserved 3: no budget above it
+        # without a server configured for more.
+        assert budget <= 100 - 3
+        if name == "default":
+            record_property("figure", f"production at its most: {total} of {budget} connections")
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)
