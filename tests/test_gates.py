@@ -289,10 +289,21 @@ def test_gitlab_runs_the_image_smoke_test_and_reads_coverage(variant: str) -> No
     document: dict[str, Any] = yaml.safe_load((_BAKED[variant] / ".gitlab-ci.yml").read_text())
     image = document["compose-smoke"]
     assert image["services"][0]["name"].endswith("-dind")
-    script = "\n".join(image["before_script"] + image["script"])
-    assert "docker compose build" in script
-    assert "docker compose up --detach --wait" in script
-    assert re.search(r"http://docker:8000/health/dependencies", script)
+    # Each command a line of its own, in this order: build, start and wait, then ask
+    # every dependency through the stack (a command GitLab runs, not words in a comment).
+    steps: list[str] = image["script"]
+
+    def line_of(pattern: str) -> int:
+        found = [n for n, line in enumerate(steps) if re.fullmatch(pattern, line)]
+        assert len(found) == 1, f"{pattern}: {steps}"
+        return found[0]
+
+    order = [
+        line_of(r"docker compose build"),
+        line_of(r"docker compose up --detach --wait --wait-timeout \d+"),
+        line_of(r"wget -q -O - http://docker:8000/health/dependencies"),
+    ]
+    assert order == sorted(order), steps
     assert "docker compose down --volumes" in image["after_script"]
     test = document["test"]
     assert "uv run pytest --cov-report=xml" in test["script"]

@@ -355,7 +355,7 @@ async def test_an_outage_is_a_503_with_retry_after_and_bad_credentials_an_error_
     assert all(dict(start["headers"])[b"retry-after"] == b"5" for start in starts)
     levels = [r.levelname for r in caplog.records if r.name.endswith("errors")]
     assert levels == ["WARNING", "ERROR", "DEBUG"]
-    # Each failed request is told, by dependency name (metrics.py counts them).
+    # Each failed request is reported by the dependency's name, for counting.
     assert told == ["thing"] * 3
 
 

@@ -131,7 +131,7 @@ class ErrorMiddleware:
     ) -> None:
         self.app = app
         self.dependencies = tuple(dependencies)
-        # Told the dependency's name each time a request fails on it (metrics.py counts).
+        # Told the dependency's name each time a request fails on it, for counting.
         self.on_unavailable = on_unavailable
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,13 +1,13 @@
 """Health endpoints: two for the orchestrator, one for people and monitors.
 
 ``/health/live`` and ``/health/ready`` touch nothing: they answer as long as the
-process has started and can serve. Dependencies deliberately ignores the database and
-Redis. They are shared by every replica, so a readiness probe that checked them
+process has started and can serve. Readiness deliberately ignores the service's
+dependencies. They are shared by every replica, so a readiness probe that checked them
 would take every pod out of the load balancer at once when one blinks: the Service
 would have no endpoints and clients would get the ingress's bare 502 instead of this
 service's 503 + Retry-After, even on routes that never touch the failed dependency.
-A failing dependency is the errors' business (errors.py answers 503 per request and
-counts it in ``dependency_failures_total`` when metrics are on), and this module's:
+A failing dependency is answered per request (errors.py: a 503, reported by name for
+counting), and described here:
 
 ``/health/dependencies`` checks every dependency concurrently, each bounded by a
 timeout, and answers 503 naming the ones that fail, for people, dashboards and
