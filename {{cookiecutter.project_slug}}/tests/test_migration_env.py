@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 pytestmark = pytest.mark.services  # a database next to the test database
@@ -67,28 +67,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     pass
 """
-
-
-@pytest.fixture
-def scratch_url(database_url: str) -> Iterator[str]:
-    """An empty database of its own on the test server."""
-    url = make_url(database_url)
-    name = f"{url.database}_env"
-    admin = url.set(database="postgres").render_as_string(hide_password=False)
-
-    async def recreate(create: bool) -> None:
-        engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                if create:
-                    await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(recreate(True))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    asyncio.run(recreate(False))
 
 
 @pytest.fixture

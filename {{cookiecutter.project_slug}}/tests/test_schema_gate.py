@@ -4,6 +4,7 @@ waits for the migration lock."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.package_name }} import schema_gate
 from {{ cookiecutter.package_name }}.schema_gate import minimum, reason_to_wait, wait_for_schema
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -86,7 +88,10 @@ async def test_the_gate_opens_while_a_migration_holds_the_lock(database_url: str
             await connection.execute(
                 text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
             )
-            settings = Settings(_env_file=None, database_url=database_url)
+            # No MIGRATION_DATABASE_URL (the test session sets one): DATABASE_URL's.
+            settings = Settings(
+                _env_file=None, database_url=database_url, migration_database_url=""
+            )
             script = ScriptDirectory.from_config(Config("alembic.ini"))
             # A gate that queued for the lock would wait here until the test times out.
             async with asyncio.timeout(30):
@@ -109,3 +114,46 @@ async def test_the_gate_fails_at_once_on_wrong_credentials(database_url: str) ->
     with pytest.raises(Exception, match="password authentication failed"):
         async with asyncio.timeout(30):
             await wait_for_schema(settings, script, poll_seconds=0.05)
+
+
+@pytest.mark.services
+async def test_the_gate_waits_for_the_job_then_opens(scratch_url: str, tmp_path: Path) -> None:
+    script = scripts(tmp_path, ("a", None, None))
+    settings = Settings(_env_file=None, database_url=scratch_url, migration_database_url="")
+    said: list[str] = []
+    waiting = asyncio.Event()
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+            waiting.set()
+
+    listener = Listener()
+    gate_logger = logging.getLogger(schema_gate.__name__)
+    gate_logger.addHandler(listener)
+    gate_logger.setLevel(logging.INFO)
+    try:
+        gate = asyncio.create_task(wait_for_schema(settings, script, poll_seconds=0.01))
+        async with asyncio.timeout(30):
+            await waiting.wait()
+            await asyncio.sleep(0.1)  # more rounds of its loop, all still waiting
+            assert not gate.done()
+            engine = create_async_engine(scratch_url)
+            try:
+                async with engine.begin() as connection:  # what the Job leaves behind
+                    await connection.execute(
+                        text("CREATE TABLE alembic_version (version_num text)")
+                    )
+                    await connection.execute(text("INSERT INTO alembic_version VALUES ('a')"))
+            finally:
+                await engine.dispose()
+            assert await gate == {"a"}
+    finally:
+        gate_logger.removeHandler(listener)
+        gate_logger.setLevel(logging.NOTSET)
+    # Said once, not every round; then that it opens.
+    assert [message.split(":")[0] for message in said] == [
+        "waiting",
+        "the schema serves this image",
+    ]
+    assert "no revision yet" in said[0]

@@ -70,6 +70,17 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         asyncio.run(_recreate_database(admin_url, name, create=False))
 
 
+@pytest.fixture
+def scratch_url(database_url: str) -> Iterator[str]:
+    """An empty database of its own next to the test database, for a migration run."""
+    url = make_url(database_url)
+    name = f"{url.database}_scratch"
+    admin_url = url.set(database="postgres").render_as_string(hide_password=False)
+    asyncio.run(_recreate_database(admin_url, name, create=True))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_recreate_database(admin_url, name, create=False))
+
+
 def pytest_app_settings(request: pytest.FixtureRequest) -> Mapping[str, object]:
     return {"database_url": request.getfixturevalue("database_url")}
 
