@@ -41,6 +41,9 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_health_db.py",
         "src/{package}/metrics_db.py",
         "tests/test_metrics_db.py",
+        "tests/test_migration_env.py",
+        "src/{package}/schema_gate.py",
+        "tests/test_schema_gate.py",
     ),
     ("use_redis", True): (
         "src/{package}/cache.py",
@@ -62,7 +65,12 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_entrypoint_gunicorn.py",
     ),
     ("server", "uvicorn"): ("src/{package}/uvicorn_server.py", "tests/test_entrypoint_uvicorn.py"),
-    ("use_kubernetes", True): ("deploy/kubernetes",),
+    # The Deployment's init container; with Postgres only (listed there too).
+    ("use_kubernetes", True): (
+        "deploy/kubernetes",
+        "src/{package}/schema_gate.py",
+        "tests/test_schema_gate.py",
+    ),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml", "renovate.json"),
     ("use_metrics", True): (

@@ -94,7 +94,10 @@ def resolve_env(container: dict[str, Any], objects: list[dict[str, Any]]) -> dic
             if f in source
         )
         ref = source[field]
-        env[item["name"]] = by_name[(kind, ref["name"])][ref["key"]]
+        data = by_name.get((kind, ref["name"]), {})
+        if ref["key"] not in data and ref.get("optional"):
+            continue  # the kubelet leaves an optional variable unset
+        env[item["name"]] = data[ref["key"]]
     return env
 
 

@@ -279,6 +279,14 @@ def test_compose_config_is_valid(variant: str) -> None:
     require_compose_cli()
     project = _BAKED[variant]
     run(["docker", "compose", "config", "-q"], project)
+    if context_of(**VARIANTS[variant])["use_postgres"]:
+        rendered = run(["docker", "compose", "config", "--format", "json"], project).stdout
+        services = json.loads(rendered)["services"]
+        # Migrations go straight to db, whatever DATABASE_URL (or .env's host-side
+        # MIGRATION_DATABASE_URL) says; the app does not get that URL.
+        migration_url = services["migrate"]["environment"]["MIGRATION_DATABASE_URL"]
+        assert re.fullmatch(r"postgresql\+asyncpg://app:[^@]+@db:5432/app", migration_url)
+        assert not services["app"]["environment"].get("MIGRATION_DATABASE_URL")
     run(
         ["docker", "compose", "-f", "compose.yaml", "-f", "compose.dev.yaml", "config", "-q"],
         project,

@@ -263,7 +263,9 @@ def sql(stack: ComposeStack, database: str, query: str) -> str:
 
 
 def migrate_job(stack: ComposeStack, url: str, *extra: str) -> subprocess.Popen[str]:
-    command = ["docker", "compose", "run", "--rm", "--no-deps", "-e", f"DATABASE_URL={url}"]
+    # Both URLs: compose.yaml gives migrate a MIGRATION_DATABASE_URL of its own (db's app).
+    command = ["docker", "compose", "run", "--rm", "--no-deps", "-e", f"DATABASE_URL={url}",
+               "-e", f"MIGRATION_DATABASE_URL={url}"]  # fmt: skip
     return subprocess.Popen(
         [*command, *extra, "migrate"], cwd=stack.project, env={**os.environ, **stack.env},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -751,6 +751,12 @@ def test_job_and_deployment_run_the_same_image_hardened_alike(
         attempts = spec["backoffLimit"] + 1
         waits = attempts * float(env["MIGRATION_CONNECT_TIMEOUT_SECONDS"])
         assert waits + 10 * (2**attempts - 1) < spec["activeDeadlineSeconds"]
+        # A runaway statement is cancelled by the server (rolled back, the lock
+        # released) before the deadline kills the pod in the middle of it.
+        one_attempt = float(env["MIGRATION_CONNECT_TIMEOUT_SECONDS"]) + float(
+            env["MIGRATION_STATEMENT_TIMEOUT_SECONDS"]
+        )
+        assert one_attempt < spec["activeDeadlineSeconds"]
         # Named per release, so a new image is a new Job (a pod template cannot change).
         tag = image.rsplit(":", 1)[1]
         assert job["metadata"]["name"] == f"{slug}-migrate-{tag}"
@@ -759,6 +765,22 @@ def test_job_and_deployment_run_the_same_image_hardened_alike(
         assert deployment["spec"]["progressDeadlineSeconds"] > spec["activeDeadlineSeconds"]
         gate = template["spec"]["initContainers"]
         assert [c["name"] for c in gate] == ["wait-for-schema"]
+        package = ctx["package_name"]
+        assert gate[0]["command"] == ["python", "-m", f"{package}.schema_gate"]
+        # Job and gate read the migration URL when the Secret has it, DATABASE_URL
+        # otherwise: an existing Secret without the key keeps working.
+        for container in (job_template["spec"]["containers"][0], gate[0]):
+            refs = {
+                e["name"]: e["valueFrom"]["secretKeyRef"]
+                for e in container["env"]
+                if "valueFrom" in e
+            }
+            assert refs["DATABASE_URL"]["key"] == "DATABASE_URL"
+            assert refs["MIGRATION_DATABASE_URL"] == {
+                "name": f"{slug}-secrets",
+                "key": "MIGRATION_DATABASE_URL",
+                "optional": True,
+            }
 
 
 @pytest.mark.parametrize(("name", "overlay"), CASES)

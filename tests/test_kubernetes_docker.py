@@ -12,6 +12,8 @@ request finish within terminationGracePeriodSeconds.
 
 from __future__ import annotations
 
+import base64
+import copy
 import socket
 import threading
 import time
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -50,6 +53,7 @@ class Pods:
         self.network = self.id
         self.image = f"{self.id}:local"
         self.containers: list[str] = []
+        self.images = [self.image]  # removed at the end, with those of other releases
         slug = context(COMBINATION)["project_slug"]
         self.deployment = one(docs, "Deployment", slug)
         self.job = one(docs, "Job")
@@ -82,14 +86,19 @@ class Pods:
         alias: str | None = None,
         publish: bool = False,
         hardened: bool = True,
+        image: str | None = None,
+        docs: list[dict[str, Any]] | None = None,
     ) -> str:
+        """Start ``container``; ``image`` stands for another release's image, ``docs``
+        for the rendered objects with other Secret or ConfigMap values."""
         name = f"{self.id}-{suffix}"
-        image = self.image if container["image"] == self.spec_image else container["image"]
+        if image is None:
+            image = self.image if container["image"] == self.spec_image else container["image"]
         if hardened:
             command = docker_run_command(
                 pod,
                 container,
-                self.docs,
+                self.docs if docs is None else docs,
                 name=name,
                 network=self.network,
                 image=image,
@@ -123,7 +132,8 @@ class Pods:
         for name in self.containers:
             docker("rm", "--force", "--volumes", name, check=False)
         docker("network", "rm", self.network, check=False)
-        docker("image", "rm", "--force", self.image, check=False)
+        for image in self.images:
+            docker("image", "rm", "--force", image, check=False)
 
 
 def wait_exit(name: str, seconds: float) -> int:
@@ -225,7 +235,12 @@ def test_the_job_migrates_and_the_gate_waits_for_it(
     for figure in record_property_module:
         record_property("figure", figure)
     env = resolve_env(migrated.job["spec"]["template"]["spec"]["containers"][0], migrated.docs)
-    assert set(env) == {"DATABASE_URL", "MIGRATION_CONNECT_TIMEOUT_SECONDS"}
+    # The local Secret has no MIGRATION_DATABASE_URL: the Job migrates with DATABASE_URL.
+    assert set(env) == {
+        "DATABASE_URL",
+        "MIGRATION_CONNECT_TIMEOUT_SECONDS",
+        "MIGRATION_STATEMENT_TIMEOUT_SECONDS",
+    }
     assert "@postgres:5432/" in env["DATABASE_URL"]
 
 
@@ -323,3 +338,331 @@ def test_stop_drains_then_finishes_the_in_flight_request(
         f"pod stop: preStop {pre_stop} s + SIGTERM, exited 0 after "
         f"{result['seconds']:.1f} s of {grace} s grace",
     )
+
+
+# --- Releases: the Job and the gate of two images, in the order a cluster runs them -----------
+
+# Another release's revision, after this image's head; its id is unknown to this image.
+NEXT_REVISION = '''"""A later release's expand step: a column the previous code does not read."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "e2e_next"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    {upgrade}
+
+
+def downgrade() -> None:
+    op.drop_column("items", "note")
+'''
+GOOD_UPGRADE = 'op.add_column("items", sa.Column("note", sa.String(200), nullable=True))'
+BROKEN_UPGRADE = 'op.execute("ALTER TABLE no_such_table ADD COLUMN note text")'
+
+
+class Releases:
+    """Images of later releases built on the test image, and databases of their own."""
+
+    def __init__(self, pods: Pods) -> None:
+        self.pods = pods
+        self.job_pod = pods.job["spec"]["template"]["spec"]
+        self.gate = pods.pod["initContainers"][0]
+        self.secret = one(pods.docs, "Secret")
+        url = base64.b64decode(self.secret["data"]["DATABASE_URL"]).decode()
+        self.server_url = url.rsplit("/", 1)[0]  # postgresql+asyncpg://app:...@postgres:5432
+        head = docker("run", "--rm", "--entrypoint", "alembic", pods.image, "heads").stdout
+        self.head = head.split()[0]
+        self.runs = 0
+
+    def image(self, name: str, upgrade: str) -> str:
+        """This image with NEXT_REVISION added: the next release (or a broken one)."""
+        image = f"{self.pods.id}-{name}:local"
+        context_dir = self.pods.project.parent / f"{self.pods.id}-{name}"
+        context_dir.mkdir()
+        revision = NEXT_REVISION.format(head=self.head, upgrade=upgrade)
+        (context_dir / "e2e_next.py").write_text(revision)
+        (context_dir / "Dockerfile").write_text(
+            f"FROM {self.pods.image}\nCOPY e2e_next.py /app/migrations/versions/\n"
+        )
+        compose = context_dir / "compose.yaml"
+        compose.write_text(
+            yaml.safe_dump({"services": {"image": {"build": str(context_dir), "image": image}}})
+        )
+        run(["docker", "compose", "-f", str(compose), "-p", f"{self.pods.id}-{name}", "build"],
+            context_dir, timeout=300)  # fmt: skip
+        self.pods.images.append(image)
+        return image
+
+    def database(self, name: str) -> str:
+        self.psql("app", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.psql("app", f"CREATE DATABASE {name}")
+        return f"{self.server_url}/{name}"
+
+    def psql(self, database: str, sql: str) -> str:
+        postgres = f"{self.pods.id}-postgres"
+        args = ["exec", postgres, "psql", "-U", "app", "-d", database, "-v", "ON_ERROR_STOP=1"]
+        return docker(*args, "-tAc", sql).stdout.strip()
+
+    def with_secret(self, **values: str) -> list[dict[str, Any]]:
+        """The rendered objects, with the Secret's keys set to ``values``."""
+        secret = copy.deepcopy(self.secret)
+        secret["data"] |= {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+        return [secret if doc is self.secret else doc for doc in self.pods.docs]
+
+    def job(self, image: str, database: str, **secret: str) -> str:
+        """Start the migration Job's container of ``image`` against ``database``."""
+        self.runs += 1
+        docs = self.with_secret(DATABASE_URL=database, **secret)
+        container = self.job_pod["containers"][0]
+        suffix = f"job-{self.runs}"
+        return self.pods.start(self.job_pod, container, suffix, image=image, docs=docs)
+
+    def gate_of(self, image: str, database: str) -> str:
+        """Start the wait-for-schema init container of ``image`` against ``database``."""
+        self.runs += 1
+        docs = self.with_secret(DATABASE_URL=database)
+        suffix = f"gate-{self.runs}"
+        return self.pods.start(self.pods.pod, self.gate, suffix, image=image, docs=docs)
+
+    def exits(self, container: str) -> int:
+        return wait_exit(container, 120)
+
+    def keeps_waiting(self, container: str) -> bool:
+        deadline = time.monotonic() + 60
+        while "waiting" not in self.pods.logs(container) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # more rounds of its loop
+        state = docker("inspect", "--format", "{{.State.Status}}", container).stdout.strip()
+        return state == "running" and "waiting" in self.pods.logs(container)
+
+    def version(self, database: str) -> str:
+        return self.psql(database, "SELECT version_num FROM alembic_version")
+
+
+@pytest.fixture(scope="session")
+def releases(pods: Pods) -> Releases:
+    return Releases(pods)
+
+
+@pytest.fixture(scope="session")
+def next_release(releases: Releases) -> str:
+    return releases.image("next", GOOD_UPGRADE)
+
+
+def test_a_rollback_across_a_migration_starts_the_previous_image(
+    releases: Releases, next_release: str
+) -> None:
+    previous = releases.pods.image
+    url = releases.database("rollback")
+    assert releases.exits(releases.job(next_release, url)) == 0
+    assert releases.version("rollback") == "e2e_next"
+    # rollout undo: the previous image's pods start on the newer schema.
+    gate = releases.gate_of(previous, url)
+    assert releases.exits(gate) == 0, releases.pods.logs(gate)
+    # The previous release's Job, run again (or late), leaves the schema alone.
+    job = releases.job(previous, url)
+    assert releases.exits(job) == 0, releases.pods.logs(job)
+    assert "nothing to upgrade" in releases.pods.logs(job)
+    assert releases.version("rollback") == "e2e_next"
+
+
+def test_two_releases_in_quick_succession_both_complete(
+    releases: Releases, next_release: str
+) -> None:
+    url = releases.database("quick")
+    jobs = [releases.job(releases.pods.image, url), releases.job(next_release, url)]
+    codes = [releases.exits(job) for job in jobs]
+    assert codes == [0, 0], [releases.pods.logs(job) for job in jobs]
+    assert releases.version("quick") == "e2e_next"
+    for image in (releases.pods.image, next_release):
+        gate = releases.gate_of(image, url)
+        assert releases.exits(gate) == 0, releases.pods.logs(gate)
+
+
+def test_a_failed_job_holds_new_pods_and_the_documented_recovery_works(
+    releases: Releases, next_release: str
+) -> None:
+    url = releases.database("failed")
+    assert releases.exits(releases.job(releases.pods.image, url)) == 0
+    broken = releases.image("broken", BROKEN_UPGRADE)
+    job = releases.job(broken, url)
+    assert releases.exits(job) != 0
+    assert releases.version("failed") == releases.head, "the failed run was not rolled back"
+    # The broken release's pods wait; the running release's pods still start (and
+    # `rollout undo` would bring them back).
+    waiting = releases.gate_of(broken, url)
+    assert releases.keeps_waiting(waiting), releases.pods.logs(waiting)
+    gate = releases.gate_of(releases.pods.image, url)
+    assert releases.exits(gate) == 0, releases.pods.logs(gate)
+    # The fix, released as a new tag: its Job migrates and its pods start; the
+    # broken release's pods, which need the same revision, start too.
+    assert releases.exits(releases.job(next_release, url)) == 0
+    assert releases.exits(waiting) == 0, releases.pods.logs(waiting)
+    gate = releases.gate_of(next_release, url)
+    assert releases.exits(gate) == 0, releases.pods.logs(gate)
+
+
+# --- Behind PgBouncer: the app through transaction mode, migrations through session mode --------
+
+PGBOUNCER_INI = """[databases]
+transaction = host=postgres port=5432 dbname=bouncer pool_mode=transaction
+session = host=postgres port=5432 dbname=bouncer pool_mode=session
+
+[pgbouncer]
+listen_addr = 0.0.0.0
+listen_port = 6432
+auth_type = scram-sha-256
+auth_file = /etc/pgbouncer-test/userlist.txt
+; What the README's "Behind PgBouncer" asks for.
+ignore_startup_parameters = statement_timeout
+; One server connection per pool: a later client gets the same server session,
+; so whatever a client left on it shows.
+default_pool_size = 1
+"""
+OWNER, APP = ("owner", "owner-secret"), ("bapp", "bapp-secret")
+ROLE_STATEMENT_TIMEOUT = "2s"
+
+
+@pytest.fixture(scope="session")
+def bouncer(releases: Releases) -> str:
+    """PgBouncer (Debian's, on the PostgreSQL image) in front of a database whose schema
+    belongs to OWNER, with the app's role APP granted as the README says."""
+    pods = releases.pods
+    postgres_image = one(pods.docs, "StatefulSet", "postgres")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
+    context_dir = pods.project.parent / f"{pods.id}-pgbouncer"
+    context_dir.mkdir()
+    (context_dir / "Dockerfile").write_text(
+        f"FROM {postgres_image}\n"
+        "RUN apt-get update && apt-get install --yes --no-install-recommends pgbouncer"
+        " && rm -rf /var/lib/apt/lists/*\n"
+    )
+    image = f"{pods.id}-pgbouncer:local"
+    compose = context_dir / "compose.yaml"
+    compose.write_text(
+        yaml.safe_dump({"services": {"image": {"build": str(context_dir), "image": image}}})
+    )
+    run(["docker", "compose", "-f", str(compose), "-p", f"{pods.id}-pgbouncer", "build"],
+        context_dir, timeout=600)  # fmt: skip
+    pods.images.append(image)
+    releases.psql("app", "DROP DATABASE IF EXISTS bouncer WITH (FORCE)")
+    for role, password in (OWNER, APP):
+        releases.psql("app", f"DROP ROLE IF EXISTS {role}")
+        releases.psql("app", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    releases.psql("app", f"ALTER ROLE {APP[0]} SET statement_timeout = '{ROLE_STATEMENT_TIMEOUT}'")
+    releases.psql("app", f"CREATE DATABASE bouncer OWNER {OWNER[0]}")
+    readme = (pods.project / "README.md").read_text()
+    grants = readme.partition("```sql\n")[2].partition("```")[0]
+    assert "GRANT" in grants, "the README's grants for the app's role"
+    grants = grants.replace(" TO app", f" TO {APP[0]}").replace("ROLE owner", f"ROLE {OWNER[0]}")
+    releases.psql("bouncer", f"SET ROLE {OWNER[0]}; {grants}")
+    config = context_dir / "config"
+    config.mkdir()
+    (config / "pgbouncer.ini").write_text(PGBOUNCER_INI)
+    (config / "userlist.txt").write_text("".join(f'"{r}" "{p}"\n' for r, p in (OWNER, APP)))
+    for path in (config, *config.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    name = f"{pods.id}-pgbouncer"
+    docker("run", "--detach", "--name", name, "--network", pods.network,
+           "--network-alias", "pgbouncer", "--user", "postgres",
+           "--volume", f"{config}:/etc/pgbouncer-test:ro", "--entrypoint", "pgbouncer",
+           image, "/etc/pgbouncer-test/pgbouncer.ini")  # fmt: skip
+    pods.containers.append(name)
+    deadline = time.monotonic() + 60
+    while bouncer_sql(name, OWNER, "session", "SELECT 1", check=False) != "1":
+        assert time.monotonic() < deadline, pods.logs(name)
+        time.sleep(0.5)
+    return name
+
+
+def bouncer_sql(
+    bouncer: str, role: tuple[str, str], pool: str, sql: str, *, check: bool = True
+) -> str:
+    """psql through PgBouncer, as ``role``, in ``pool`` (transaction or session mode)."""
+    args = ["exec", "--env", f"PGPASSWORD={role[1]}", bouncer, "psql", "-h", "127.0.0.1",
+            "-p", "6432", "-U", role[0], "-d", pool, "-tAc", sql]  # fmt: skip
+    return docker(*args, check=check).stdout.strip()
+
+
+def bouncer_url(role: tuple[str, str], pool: str) -> str:
+    return f"postgresql+asyncpg://{role[0]}:{role[1]}@pgbouncer:6432/{pool}"
+
+
+@pytest.fixture(scope="session")
+def bouncer_job(releases: Releases, bouncer: str) -> str:
+    """The migration Job with the app's URL through transaction mode as APP, and the
+    migration URL through session mode as the schema's owner."""
+    job = releases.job(
+        releases.pods.image,
+        bouncer_url(APP, "transaction"),
+        MIGRATION_DATABASE_URL=bouncer_url(OWNER, "session"),
+    )
+    releases.exits(job)
+    return job
+
+
+def test_behind_pgbouncer_the_migration_lock_ends_with_the_job(
+    releases: Releases, bouncer_job: str
+) -> None:
+    job = bouncer_job
+    assert releases.exits(job) == 0, releases.pods.logs(job)
+    assert releases.version("bouncer") == releases.head
+    owner = releases.psql("bouncer", "SELECT tableowner FROM pg_tables WHERE tablename = 'items'")
+    assert owner == OWNER[0]
+    # The session pool keeps the server connection; the lock went with the client's session.
+    assert releases.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+    # The next release's gate through the same URLs does not wait for a stale lock.
+    gate = releases.gate_of(releases.pods.image, bouncer_url(APP, "transaction"))
+    assert releases.exits(gate) == 0, releases.pods.logs(gate)
+
+
+def test_behind_pgbouncer_migration_timeouts_do_not_reach_the_next_client(
+    releases: Releases, bouncer: str, bouncer_job: str
+) -> None:
+    # Through transaction mode on purpose: the one pooled server connection is then
+    # shared with the client after the job.
+    job = releases.job(
+        releases.pods.image,
+        bouncer_url(OWNER, "transaction"),
+        MIGRATION_DATABASE_URL=bouncer_url(OWNER, "transaction"),
+    )
+    assert releases.exits(job) == 0, releases.pods.logs(job)
+    after = bouncer_sql(bouncer, OWNER, "transaction", "SHOW lock_timeout; SHOW statement_timeout")
+    assert after.split() == ["0", "0"], "the migration's timeouts outlived its transactions"
+
+
+def test_behind_pgbouncer_the_app_serves_as_a_role_that_owns_nothing(
+    releases: Releases, bouncer: str, bouncer_job: str
+) -> None:
+    assert releases.exits(bouncer_job) == 0, releases.pods.logs(bouncer_job)
+    # The app's role sets its statement timeout, which PgBouncer would otherwise drop.
+    timeout = bouncer_sql(bouncer, APP, "transaction", "SHOW statement_timeout")
+    assert timeout == ROLE_STATEMENT_TIMEOUT
+    cancelled = docker(
+        "exec", "--env", f"PGPASSWORD={APP[1]}", bouncer, "psql", "-h", "127.0.0.1", "-p",
+        "6432", "-U", APP[0], "-d", "transaction", "-c", "SELECT pg_sleep(10)", check=False,
+    )  # fmt: skip
+    assert "canceling statement due to statement timeout" in cancelled.stderr
+    docs = releases.with_secret(DATABASE_URL=bouncer_url(APP, "transaction"))
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    config = {**config, "data": {**config["data"], "DATABASE_STATEMENT_CACHE": "false"}}
+    docs = [config if d["kind"] == "ConfigMap" else d for d in docs]
+    pods = releases.pods
+    name = pods.start(pods.pod, pods.app, "app-bouncer", publish=True, docs=docs)
+    port = published_port(name, 8000)
+    try:
+        run_probe(
+            pods.app["readinessProbe"],
+            lambda probe: http_probe(probe, {"http": 8000}, {8000: port}),
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{pods.logs(name)[-3000:]}") from None
+    created = httpx.post(f"http://127.0.0.1:{port}/api/items", json={"name": "pooled"})
+    assert created.status_code == 201, created.text
+    assert httpx.get(f"http://127.0.0.1:{port}{created.headers['location']}").status_code == 200

@@ -1,11 +1,15 @@
 """Alembic environment: async engine, URL and logging from the service's settings.
 
-Run by the one-shot ``migrate`` job (compose.yaml), never by the app. Several copies
-may start at once (scaled deployments, retried jobs): a session-level advisory lock,
-held on the migrating connection from before the first revision until after the last,
-serialises them, so the second one waits and then finds the schema already at head.
-Session-level, not transaction-level: ``op.get_context().autocommit_block()`` (how
+Run by the one-shot ``migrate`` job, never by the app. It connects with
+MIGRATION_DATABASE_URL (DATABASE_URL when unset), directly or through a pooler in session
+mode: the lock below belongs to one server session. Several copies may start at once
+(scaled deployments, retried jobs, two releases in quick succession): a session-level
+advisory lock, held on the migrating connection from before the first revision until after
+the last, serialises them, so the second one waits and then finds the schema already at
+head. Session-level, not transaction-level: ``op.get_context().autocommit_block()`` (how
 ``CREATE INDEX CONCURRENTLY`` runs) ends the transaction, and the lock must outlive it.
+The lock and statement timeouts are the opposite: set per transaction, they end with it,
+and no later client of a pooled server connection inherits them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import logging
 import sys
 
 from alembic import context
-from sqlalchemy import text
+from alembic.util import CommandError
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -23,9 +28,10 @@ from sqlalchemy.pool import NullPool
 {% if cookiecutter.include_example_api -%}
 import {{ cookiecutter.package_name }}.models  # noqa: F401 - registers tables
 {% endif -%}
+from {{ cookiecutter.package_name }}.database_url import split_database_url
 from {{ cookiecutter.package_name }}.db import Base, connect_when_up
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
-from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+from {{ cookiecutter.package_name }}.settings import ConfigurationError, Settings, load_settings
 
 # Any fixed 64-bit number works; it only has to be the same for every migrator.
 MIGRATION_LOCK_ID = 0x6D6967726174650A
@@ -37,7 +43,7 @@ logger = logging.getLogger("alembic.env")
 def run_migrations_offline(settings: Settings) -> None:
     """``alembic upgrade head --sql``: print the SQL instead of running it."""
     context.configure(
-        url=settings.database_sqlalchemy_url,
+        url=split_database_url(settings.migration_url)[0],
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
@@ -46,22 +52,66 @@ def run_migrations_offline(settings: Settings) -> None:
         context.run_migrations()
 
 
+def _limit_each_transaction(connection: Connection, settings: Settings) -> None:
+    """From now on, every transaction on ``connection`` starts with the migration timeouts.
+
+    A migration that waits on a busy table queues every request behind it: it fails fast
+    instead, and the job is retried later. Transaction-local (``set_config(..., true)``),
+    so nothing outlives the transaction on a pooled server connection; and at every
+    transaction's start, because an autocommit block ends the first one and Alembic
+    begins another after it. (The statements inside an autocommit block run outside any
+    transaction, without them.) On the driver's cursor: executing through ``connection``
+    from this hook would begin another transaction inside this one's start; the asyncpg
+    driver sends BEGIN with the cursor's first statement, so the settings come first.
+    """
+    lock_ms = round(settings.migration_lock_timeout_seconds * 1000)
+    statement_ms = round(settings.migration_statement_timeout_seconds * 1000)
+    limits = (
+        f"SELECT set_config('lock_timeout', '{lock_ms}', true),"
+        f" set_config('statement_timeout', '{statement_ms}', true)"
+    )
+
+    def limit(begun: Connection) -> None:
+        cursor = begun.connection.cursor()
+        try:
+            cursor.execute(limits)
+        finally:
+            cursor.close()
+
+    event.listen(connection, "begin", limit)
+
+
+def _revisions_of_a_later_release() -> list[str]:
+    """The database's revisions that this image does not know: a later release's."""
+    unknown = []
+    for head in context.get_context().get_current_heads():
+        try:
+            context.script.get_revision(head)
+        except CommandError:
+            unknown.append(head)
+    return unknown
+
+
 def _run_migrations(connection: Connection, settings: Settings) -> None:
     logger.info("waiting for the migration lock")
     # Committed at once: the lock belongs to the session, so it survives the commit and
-    # every transaction (and autocommit block) the revisions run.
+    # every transaction (and autocommit block) the revisions run. Taken before the
+    # timeouts, as it may rightly wait for another migrator for longer.
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     connection.commit()
     try:
-        # A migration that waits on a busy table queues every request behind it; fail
-        # fast instead and retry the job later. Set after the advisory lock, which may
-        # rightly wait for another migrator for longer.
-        lock_ms = round(settings.migration_lock_timeout_seconds * 1000)
-        statement_ms = round(settings.migration_statement_timeout_seconds * 1000)
-        connection.execute(text(f"SET lock_timeout = {lock_ms}"))
-        connection.execute(text(f"SET statement_timeout = {statement_ms}"))
-        connection.commit()
+        _limit_each_transaction(connection, settings)
         context.configure(connection=connection, target_metadata=target_metadata)
+        later = _revisions_of_a_later_release()
+        if later and context.get_context().opts.get("destination_rev") in {"head", "heads"}:
+            # An older release's job after a newer one's (two releases in quick
+            # succession, a rollback): its head is behind the schema, and stepping the
+            # schema back is never a side effect of deploying code.
+            logger.info(
+                "the database is at a later release's revision: nothing to upgrade",
+                extra={"revisions": later},
+            )
+            return
         with context.begin_transaction():
             context.run_migrations()
     finally:
@@ -75,9 +125,10 @@ def _run_migrations(connection: Connection, settings: Settings) -> None:
 
 
 async def run_migrations_online(settings: Settings) -> None:
+    url, server_settings = split_database_url(settings.migration_url)
     # NullPool: one connection for one run; nothing to keep warm in a job that exits.
     engine = create_async_engine(
-        settings.database_sqlalchemy_url,
+        url,
         poolclass=NullPool,
         # As the app's engine: a failed statement's values stay out of the log.
         hide_parameters=True,
@@ -85,7 +136,7 @@ async def run_migrations_online(settings: Settings) -> None:
             # One connection attempt: a server that never answers it (packets dropped
             # while it starts) is tried again after this, within the overall wait.
             "timeout": settings.database_pool_timeout_seconds,
-            "server_settings": settings.database_server_settings,
+            "server_settings": server_settings,
         },
     )
     try:
@@ -103,12 +154,21 @@ def main() -> None:
     settings = load_settings()
     # JSON lines like the app's, so the migrate job's log is parsed the same way; on
     # stderr, as Alembic's own logging always was: stdout carries what a command
-    # prints (`alembic current`, which the Kubernetes schema gate reads).
+    # prints (`alembic current`, `alembic heads`).
     configure_logging(settings.log_level, stream=sys.stderr)
     if context.is_offline_mode():
         run_migrations_offline(settings)
-    else:
-        asyncio.run(run_migrations_online(settings))
+        return
+    if not settings.migration_database_url and not settings.database_statement_cache:
+        # The statement cache is off for a transaction pooler (PgBouncer's transaction
+        # mode), where the session lock would stay on a pooled server connection after
+        # the job exits and hold up the next one.
+        raise ConfigurationError(
+            "DATABASE_STATEMENT_CACHE=false says DATABASE_URL goes through a transaction "
+            "pooler, which cannot hold the migration lock: set MIGRATION_DATABASE_URL to a "
+            "direct or session-mode URL"
+        )
+    asyncio.run(run_migrations_online(settings))
 
 
 main()

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # The migrate job may start together with the database: it waits this long for the
     # database to accept connections (db.connect_when_up) before it fails.
     migration_connect_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Migrations connect with this URL when it is set, DATABASE_URL otherwise: directly or
+    # through a pooler in session mode (their lock belongs to one session), as the role
+    # that owns the schema. DATABASE_URL may then go through PgBouncer in transaction
+    # mode, as a role that owns nothing.
+    migration_database_url: str = Field(default="", repr=False)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
@@ -126,6 +131,18 @@ class Settings(BaseSettings):
         split_database_url(value)  # refuses what asyncpg could not take, naming it
         return value
 
+    @field_validator("migration_database_url")
+    @classmethod
+    def _check_migration_database_url(cls, value: str) -> str:
+        if value:
+            split_database_url(value)
+        return value
+
+    @property
+    def migration_url(self) -> str:
+        """The URL migrations connect with: MIGRATION_DATABASE_URL, else DATABASE_URL."""
+        return self.migration_database_url or self.database_url
+
     @property
     def database_sqlalchemy_url(self) -> str:
         """DATABASE_URL in the form SQLAlchemy's asyncpg dialect takes."""
@@ -156,6 +173,8 @@ class Settings(BaseSettings):
         passwords: dict[str, str | None] = {}
 {%- if cookiecutter.use_postgres %}
         passwords["DATABASE_URL"] = urlsplit(self.database_url).password
+        if self.migration_database_url:
+            passwords["MIGRATION_DATABASE_URL"] = urlsplit(self.migration_database_url).password
 {%- endif %}
 {%- if cookiecutter.use_redis %}
         passwords["REDIS_URL"] = urlsplit(self.redis_url).password

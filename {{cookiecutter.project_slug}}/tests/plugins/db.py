@@ -53,18 +53,32 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         asyncio.run(_recreate_database(admin_url, name, create=True))
     except (OSError, TimeoutError) as error:
         unreachable(request.config, "PostgreSQL", configured.render_as_string(), error)
-    previous = os.environ.get("DATABASE_URL")
-    # migrations/env.py reads the URL from the settings, i.e. the environment.
-    os.environ["DATABASE_URL"] = test_url
+    # migrations/env.py reads the URL from the settings, i.e. the environment; a
+    # MIGRATION_DATABASE_URL in .env would otherwise migrate the development database.
+    names = ("DATABASE_URL", "MIGRATION_DATABASE_URL")
+    previous = {variable: os.environ.get(variable) for variable in names}
+    os.environ.update(dict.fromkeys(names, test_url))
     try:
         command.upgrade(Config("alembic.ini"), "head")
         yield test_url
     finally:
-        if previous is None:
-            del os.environ["DATABASE_URL"]
-        else:
-            os.environ["DATABASE_URL"] = previous
+        for variable, value in previous.items():
+            if value is None:
+                del os.environ[variable]
+            else:
+                os.environ[variable] = value
         asyncio.run(_recreate_database(admin_url, name, create=False))
+
+
+@pytest.fixture
+def scratch_url(database_url: str) -> Iterator[str]:
+    """An empty database of its own next to the test database, for a migration run."""
+    url = make_url(database_url)
+    name = f"{url.database}_scratch"
+    admin_url = url.set(database="postgres").render_as_string(hide_password=False)
+    asyncio.run(_recreate_database(admin_url, name, create=True))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_recreate_database(admin_url, name, create=False))
 
 
 def pytest_app_settings(request: pytest.FixtureRequest) -> Mapping[str, object]:
