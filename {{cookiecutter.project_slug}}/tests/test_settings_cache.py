@@ -34,5 +34,7 @@ def test_outside_local_a_placeholder_redis_password_is_refused() -> None:
             redis_url="redis://:change-me@redis:6379/0",
 {%- if cookiecutter.use_postgres %}
             database_url="postgresql://app:Xk2v9@db/app",
+            # Not the test session's (tests/plugins/db.py sets it in the environment).
+            migration_database_url="",
 {%- endif %}
         )

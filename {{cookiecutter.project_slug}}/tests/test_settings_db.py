@@ -127,6 +127,7 @@ def test_outside_local_a_placeholder_database_password_is_refused(password: str)
             _env_file=None,
             environment="staging",
             database_url=f"postgresql://app:{password}@db/app",
+            migration_database_url="",
         )
     assert describe(caught.value) == (
         "invalid configuration: DATABASE_URL has a placeholder password; "
@@ -136,6 +137,10 @@ def test_outside_local_a_placeholder_database_password_is_refused(password: str)
 
 def test_outside_local_a_real_database_password_is_accepted() -> None:
     settings = Settings(
-        _env_file=None, environment="production", database_url="postgresql://app:Xk2v9@db/app"
+        _env_file=None,
+        environment="production",
+        database_url="postgresql://app:Xk2v9@db/app",
+        # Not the test session's (tests/plugins/db.py sets it in the environment).
+        migration_database_url="",
     )
     assert settings.environment == "production"
