@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import tomllib
 
-from tests.helpers import TEMPLATE_DIR
+from tests.helpers import TEMPLATE_DIR, TEMPLATE_PROJECT
+from tests.releases import content_at, files_at, releases
 
 HEADING = re.compile(r"^## \[(?P<version>[^\]]+)\]", re.MULTILINE)
 
@@ -16,3 +17,50 @@ def test_changelog_names_the_template_version_first() -> None:
     assert released[0] == "Unreleased"
     assert released[1] == version, "bump pyproject.toml's version with the changelog"
     assert len(set(released)) == len(released), "a version appears twice"
+
+
+# Under each released version's heading: "Tag `vX.Y.Z`, commit `<sha>`."
+RELEASE_LINE = re.compile(
+    r"^## \[(?P<version>\d+\.\d+\.\d+)\]\n\n"
+    r"Tag `v(?P=version)`, commit `(?P<commit>[0-9a-f]{7,40})`\.$",
+    re.MULTILINE,
+)
+
+
+def test_every_release_is_a_tag_on_the_commit_the_changelog_names() -> None:
+    changelog = (TEMPLATE_DIR / "CHANGELOG.md").read_text()
+    named = {match["version"]: match["commit"] for match in RELEASE_LINE.finditer(changelog)}
+    versions = [v for v in HEADING.findall(changelog) if v != "Unreleased"]
+    assert sorted(named) == sorted(versions), "a released heading lacks its tag-and-commit line"
+    tagged = {release.version: release.commit for release in releases()}
+    assert sorted(tagged) == sorted(named), "a release without its tag, or a tag without an entry"
+    for version, commit in named.items():
+        assert tagged[version].startswith(commit), f"v{version} is not on {commit}"
+
+
+REVISIONS = f"{TEMPLATE_PROJECT.name}/migrations/versions"
+
+
+def released_revisions() -> dict[str, tuple[str, str]]:
+    """Each revision file any release shipped: (the first release that did, its text)."""
+    first: dict[str, tuple[str, str]] = {}
+    for release in releases():
+        for path in files_at(release, REVISIONS):
+            if path.endswith(".py") and path not in first:
+                first[path] = (release.version, content_at(release, path))
+    return first
+
+
+def test_a_released_revision_is_never_changed_nor_removed() -> None:
+    # A database that applied a revision never runs it again: an edit reaches new
+    # databases only (0.2.0 edited 0001 in place, and every service migrated at 0.1.0
+    # disagreed with its models). A change to the schema is a new revision. A removed
+    # one leaves databases at a revision Alembic no longer knows.
+    released = released_revisions()
+    assert released, f"no release shipped a file under {REVISIONS}"
+    for path, (version, text) in released.items():
+        current = TEMPLATE_DIR / path
+        assert current.is_file(), f"{path}, released in {version}, was removed"
+        assert current.read_text() == text, (
+            f"{path} differs from {version}'s: write a new revision instead"
+        )
