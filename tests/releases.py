@@ -64,7 +64,8 @@ def releases(repo: Path = TEMPLATE_DIR) -> list[Release]:
 
 def files_at(release: Release, folder: str, repo: Path = TEMPLATE_DIR) -> list[str]:
     """The paths under ``folder`` in that release's tree."""
-    return git("ls-tree", "-r", "--name-only", release.commit, "--", folder, repo=repo).split()
+    listing = git("ls-tree", "-r", "-z", "--name-only", release.commit, "--", folder, repo=repo)
+    return [path for path in listing.split("\0") if path]
 
 
 def content_at(release: Release, path: str, repo: Path = TEMPLATE_DIR) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 
 from tests.helpers import TEMPLATE_DIR, TEMPLATE_PROJECT
-from tests.releases import content_at, files_at, releases
+from tests.releases import Release, content_at, files_at, releases
 
 HEADING = re.compile(r"^## \[(?P<version>[^\]]+)\]", re.MULTILINE)
 
@@ -64,3 +65,46 @@ def test_a_released_revision_is_never_changed_nor_removed() -> None:
         assert current.read_text() == text, (
             f"{path} differs from {version}'s: write a new revision instead"
         )
+
+
+CONDITIONAL_NAME = re.compile(r"\{%.*?%\}|\{%-.*?-%\}")
+
+
+def generated_name(source: str) -> str:
+    """A template path as the service gets it: {package} for the package directory, a
+    name chosen by a condition (LICENSE) as the file it renders to."""
+    relative = source.split("/", 1)[1]
+    return CONDITIONAL_NAME.sub("", relative.replace("{{cookiecutter.package_name}}", "{package}"))
+
+
+def generated_files(release: Release | None) -> set[str]:
+    """The service's file names at a release, or in this working tree (None)."""
+    if release is None:
+        sources = [
+            path.relative_to(TEMPLATE_DIR).as_posix()
+            for path in TEMPLATE_PROJECT.rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts
+        ]
+    else:
+        sources = files_at(release, TEMPLATE_PROJECT.name)
+    return {generated_name(source) for source in sources}
+
+
+def test_every_file_a_release_removed_is_in_the_removals_manifest() -> None:
+    manifest = tomllib.loads((TEMPLATE_DIR / "removals.toml").read_text())
+    recorded = {entry["path"]: entry for entry in manifest.get("removed", [])}
+    steps: list[tuple[Release, Release | None, str]] = []
+    known = releases()
+    for earlier, later in itertools.pairwise(known):
+        steps.append((earlier, later, later.version))
+    steps.append((known[-1], None, "Unreleased"))
+    expected: set[str] = set()
+    for earlier, later, version in steps:
+        before, after = generated_files(earlier), generated_files(later)
+        for path in sorted(before - after):
+            expected.add(path)
+            assert path in recorded, f"{path} was removed in {version} without a removals entry"
+            assert recorded[path]["release"] == version, path
+            moved_to = recorded[path].get("moved_to")
+            assert moved_to is None or moved_to in after, f"{path} moved to {moved_to}, not there"
+    assert set(recorded) == expected, "an entry names a path no release removed"
