@@ -93,10 +93,10 @@ def generated_files(release: Release | None) -> set[str]:
 def test_every_file_a_release_removed_is_in_the_removals_manifest() -> None:
     manifest = tomllib.loads((TEMPLATE_DIR / "removals.toml").read_text())
     recorded = {entry["path"]: entry for entry in manifest.get("removed", [])}
-    steps: list[tuple[Release, Release | None, str]] = []
     known = releases()
-    for earlier, later in itertools.pairwise(known):
-        steps.append((earlier, later, later.version))
+    steps: list[tuple[Release, Release | None, str]] = [
+        (earlier, later, later.version) for earlier, later in itertools.pairwise(known)
+    ]
     steps.append((known[-1], None, "Unreleased"))
     expected: set[str] = set()
     for earlier, later, version in steps:
