@@ -74,7 +74,7 @@ def template_repo(destination: Path) -> Path:
     return destination
 
 
-def create_service(template: Path, where: Path) -> Path:
+def create_service(template: Path, where: Path, answers: dict[str, object] = ANSWERS) -> Path:
     where.mkdir()
     cruft(
         where,
@@ -82,7 +82,7 @@ def create_service(template: Path, where: Path) -> Path:
         str(template),
         "--no-input",
         "--extra-context",
-        json.dumps(ANSWERS),
+        json.dumps(answers),
     )
     service = where / "my-service"
     git(service, "init", "--quiet", "--initial-branch", "main")

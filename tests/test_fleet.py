@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from tests.github_runner import run_job, should_run
+from tests.helpers import run
 from tests.test_cruft import (
+    ANSWERS,
     SLUG_DIR,
     commit_all,
     create_service,
@@ -162,3 +164,68 @@ def test_the_weekly_ci_run_tests_the_newest_dependencies_without_committing(
     [step] = [s for s in workflow["jobs"]["test"]["steps"] if "Newest" in str(s.get("name"))]
     for event in ("push", "pull_request"):
         assert not should_run(step["if"], False, {"github": {"event_name": event}})
+
+
+# A pre-receive hook for the stand-in of GitLab's repository: records the push options
+# (GitLab reads merge_request.* from them) and accepts the push.
+RECORD_PUSH_OPTIONS = """#!/bin/sh
+i=0
+while [ "$i" -lt "${GIT_PUSH_OPTION_COUNT:-0}" ]; do
+  eval "printf '%s\\n' \\"\\$GIT_PUSH_OPTION_$i\\"" >> OPTIONS_FILE
+  i=$((i + 1))
+done
+"""
+
+
+@pytest.mark.xdist_group("cruft")
+def test_the_gitlab_update_job_pushes_a_merge_request(tmp_path: Path) -> None:
+    """The job's script lines, run in a checkout as GitLab's shell runs them (its
+    before_script only installs git and uv, which this machine has)."""
+    template = template_repo(tmp_path / "template")
+    service = create_service(template, tmp_path / "services", {**ANSWERS, "ci": "gitlab"})
+    job = yaml.safe_load((service / ".gitlab-ci.yml").read_text())["template-update"]
+    assert job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]
+    edit(template / SLUG_DIR / ".gitignore", lambda t: t + "\n# Local logs\n*.log\n")
+    commit_b = commit_all(template, "template B")
+
+    # GitLab's repository: a bare one that takes push options and records them, reached
+    # through the URL the job builds (git's insteadOf maps it here).
+    remote = tmp_path / "gitlab.git"
+    git(tmp_path, "clone", "--quiet", "--bare", str(service), str(remote))
+    git(remote, "config", "receive.advertisePushOptions", "true")
+    options = tmp_path / "push-options"
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(RECORD_PUSH_OPTIONS.replace("OPTIONS_FILE", shlex.quote(str(options))))
+    hook.chmod(0o755)
+    url = "https://template-update:glpat-test@gitlab.example.com:443/acme/my-service.git"
+    config = tmp_path / "gitconfig"
+    config.write_text(f'[url "{remote}"]\n\tinsteadOf = {url}\n')
+    checkout = tmp_path / "job"
+    git(tmp_path, "clone", "--quiet", str(service), str(checkout))
+    env = {
+        "CI_SERVER_PROTOCOL": "https",
+        "CI_SERVER_HOST": "gitlab.example.com",
+        "CI_SERVER_PORT": "443",
+        "CI_PROJECT_PATH": "acme/my-service",
+        "CI_DEFAULT_BRANCH": "main",
+        "TEMPLATE_UPDATE_TOKEN": "glpat-test",
+        "GIT_CONFIG_GLOBAL": str(config),
+    }
+    script = tmp_path / "script.sh"
+    script.write_text("\n".join(job["script"]) + "\n")
+    result = run(["sh", "-e", str(script)], checkout, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    branch = f"template-update/{commit_b[:12]}"
+    assert git(remote, "branch", "--list", branch).stdout.strip() == branch
+    assert "*.log" in git(remote, "show", f"{branch}:.gitignore").stdout
+    assert options.read_text().splitlines() == [
+        "merge_request.create",
+        "merge_request.target=main",
+        f"merge_request.title=Template update to {commit_b[:12]}",
+        "merge_request.description=The commit message lists every conflict and the steps "
+        "before merging.",
+    ]
+    message = git(remote, "log", "-1", "--format=%B", branch).stdout
+    assert "No conflicts: every change of the template applied cleanly." in message
+    assert (checkout / "template-update.patch").is_file()  # the artifact, never committed
+    assert "template-update.patch" not in git(remote, "ls-tree", "-r", "--name-only", branch).stdout

@@ -20,7 +20,7 @@ markers, and the hunks git could not place, whose ``.rej`` files are removed
 so that none is committed unread).
 
 Standard library only: it runs before the service's environment is synced.
-cruft and cookiecutter come through ``uvx`` at the versions pinned below.
+cruft comes through ``uvx``, at the version pinned below.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 CRUFT = "cruft==2.16.0"
-COOKIECUTTER = "cookiecutter==2.7.1"
 MANIFEST = "removals.toml"
 
 
@@ -72,15 +71,18 @@ def read_manifest(text: str, package: str) -> list[Removal]:
 
 
 def render(template: Path, state: dict[str, Any], where: Path) -> Path:
-    """The template at ``state``'s commit, rendered with its recorded answers."""
-    run(["git", "checkout", "--quiet", "--force", state["commit"]], template)
+    """The template at ``state``'s commit, made with its recorded answers (by ``cruft create``,
+    as cruft renders both sides of an update)."""
+    # The recorded context has one entry, the answers; keys with "_" are the template's own.
+    [answers] = state["context"].values()
+    chosen = {key: value for key, value in answers.items() if not key.startswith("_")}
     where.mkdir()
-    replay = where / "answers.json"
-    replay.write_text(json.dumps(state["context"]))
-    source = template / (state.get("directory") or "")
-    cookiecutter = ["uvx", "--from", COOKIECUTTER, "cookiecutter", "--replay-file", str(replay)]
-    run([*cookiecutter, "--output-dir", str(where / "out"), str(source)], where)
-    [project] = (where / "out").iterdir()
+    create = ["uvx", "--from", CRUFT, "cruft", "create", str(template), "--no-input"]
+    create += ["--checkout", state["commit"], "--output-dir", str(where)]
+    if state.get("directory"):
+        create += ["--directory", state["directory"]]
+    run([*create, "--extra-context", json.dumps(chosen)], where)
+    [project] = where.iterdir()
     return project
 
 
@@ -101,7 +103,8 @@ def removals(service: Path, since: str) -> tuple[list[str], list[str]]:
         directory = new.get("directory") or ""
         manifest = f"{new['commit']}:{Path(directory, MANIFEST).as_posix()}"
         shown = run(["git", "show", manifest], template, check=False)
-        package = new["context"]["cookiecutter"]["package_name"]
+        [answers] = new["context"].values()
+        package = answers["package_name"]
         entries = read_manifest(shown.stdout, package) if shown.returncode == 0 else []
         pending = [
             e
