@@ -56,6 +56,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/api/items.py",
         "src/{package}/models.py",
         "migrations/versions/0001_create_items.py",
+        "migrations/versions/0002_items_id_bigint_identity.py",
         "tests/test_items.py",
         "tests/test_migrations.py",
     ),

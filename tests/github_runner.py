@@ -157,6 +157,10 @@ def should_run(condition: object, failed: bool, contexts: Mapping[str, Any]) -> 
     # A plain context value, such as `matrix.postgres`.
     if re.fullmatch(r"[A-Za-z_][\w.-]*", text):
         return evaluate(f"${{{{ {text} }}}}", contexts) == "true" and not failed
+    # A context value compared with a string, such as `github.event_name == 'schedule'`.
+    compared = re.fullmatch(r"([A-Za-z_][\w.-]*)\s*==\s*'([^']*)'", text)
+    if compared:
+        return evaluate(f"${{{{ {compared[1]} }}}}", contexts) == compared[2] and not failed
     raise NotReproducible(f"if: {condition}")
 
 
@@ -331,11 +335,14 @@ def run_job(
     workdir: Path,
     matrix: Mapping[str, Any] | None = None,
     host_ports: Sequence[int] = (),
+    event: str = "push",
+    github: Mapping[str, Any] | None = None,
 ) -> JobRun:
     """Run `job` of `workflow` (a path inside `project`) in a clean checkout of `project`.
 
     `host_ports`: ports the steps themselves publish (a compose stack), held like the
-    services' own for the length of the job.
+    services' own for the length of the job. `event`: what triggered the run
+    (`github.event_name`); `github`: more of the github context (token, event payload).
     """
     document, spec = load_job(workflow, job)
     workspace = clean_checkout(project, workdir / "workspace")
@@ -344,14 +351,14 @@ def run_job(
     contexts: dict[str, Any] = {
         "matrix": dict(matrix or {}),
         "runner": {"temp": str(temp), "os": "Linux"},
-        "github": {"workspace": str(workspace)},
+        "github": {**(github or {}), "workspace": str(workspace), "event_name": event},
     }
     env = {
         key: evaluate(str(value), contexts)
         for scope in (document.get("env") or {}, spec.get("env") or {})
         for key, value in scope.items()
     }
-    runner = Runner(workspace, temp, env)
+    runner = Runner(workspace, temp, {"GITHUB_EVENT_NAME": event, **env})
     services: dict[str, Any] = spec.get("services") or {}
     budget = float(spec.get("timeout-minutes", 360)) * 60
     started = time.monotonic()

@@ -74,7 +74,7 @@ def template_repo(destination: Path) -> Path:
     return destination
 
 
-def create_service(template: Path, where: Path) -> Path:
+def create_service(template: Path, where: Path, answers: dict[str, object] = ANSWERS) -> Path:
     where.mkdir()
     cruft(
         where,
@@ -82,7 +82,7 @@ def create_service(template: Path, where: Path) -> Path:
         str(template),
         "--no-input",
         "--extra-context",
-        json.dumps(ANSWERS),
+        json.dumps(answers),
     )
     service = where / "my-service"
     git(service, "init", "--quiet", "--initial-branch", "main")
@@ -236,4 +236,64 @@ def test_a_plain_cookiecutter_service_is_recorded_and_updatable(tmp_path: Path) 
     commit_all(template, "template B")
     cruft(service, "update", "--skip-apply-ask")
     assert '"httpx>=0.28"' in (service / "pyproject.toml").read_text()
+    assert rejects(service) == []
+
+
+def test_the_removals_command_deletes_and_moves_what_the_template_removed(tmp_path: Path) -> None:
+    """cruft's diff cannot remove a file the service changed; the manifest and its command do
+    the rest: a dropped file removed, a renamed one moved, a changed one kept and reported."""
+    template = template_repo(tmp_path / "template")
+    service = create_service(template, tmp_path / "services")
+    dropped, changed = "compose.dev.yaml", "Dockerfile"
+    renamed, new_name = "src/my_service/healthcheck.py", "src/my_service/probe.py"
+    edit(service / changed, lambda text: text + "# ours: a label the platform reads\n")
+    commit_all(service, "Own Dockerfile label")
+    own_dockerfile = (service / changed).read_bytes()
+
+    generated = template / SLUG_DIR
+    package = "{{cookiecutter.package_name}}"
+    git(template, "rm", "--quiet", f"{SLUG_DIR}/{dropped}", f"{SLUG_DIR}/{changed}")
+    git(
+        template,
+        "mv",
+        f"{SLUG_DIR}/src/{package}/healthcheck.py",
+        f"{SLUG_DIR}/src/{package}/probe.py",
+    )
+    edit(generated / f"src/{package}/probe.py", lambda text: text + "# renamed in 1.1.0\n")
+    entries = "".join(
+        f'\n[[removed]]\npath = "{path}"\nrelease = "1.1.0"\n'
+        + (f'moved_to = "{to}"\n' if to else "")
+        for path, to in (
+            (dropped, None),
+            (changed, None),
+            ("src/{package}/healthcheck.py", "src/{package}/probe.py"),
+        )
+    )
+    edit(template / "removals.toml", lambda text: text + entries)
+    commit_all(template, "template B: one file dropped, one renamed, one the service changed")
+    git(template, "tag", "v1.1.0")
+
+    removals = [sys.executable, "scripts/template_update.py", "removals"]
+    cruft(service, "update", "--skip-apply-ask")
+    # What cruft's diff could not do: the changed file is still there. The command keeps
+    # it, untouched, says why, and fails so that a person (or the update job) sees it.
+    assert (service / changed).read_bytes() == own_dockerfile
+    kept = run(removals, service, check=False)
+    assert kept.returncode == 1, kept.stdout + kept.stderr
+    assert f"KEPT {changed}: removed by the template in 1.1.0" in kept.stderr
+    assert (service / changed).read_bytes() == own_dockerfile
+    assert not (service / dropped).exists() and not (service / renamed).exists()
+    assert "# renamed in 1.1.0" in (service / new_name).read_text()
+
+    # Where cruft left the dropped and the renamed file too (cruft issue #208; an update
+    # made with an older cruft, or applied by hand), the command finishes the job.
+    git(service, "checkout", "HEAD", "--", dropped, renamed)
+    (service / new_name).unlink()
+    done = run(removals, service, check=False)
+    assert done.returncode == 1  # the changed file is still reported
+    assert f"{dropped}: removed, as in the template's 1.1.0" in done.stdout
+    assert f"{renamed}: removed, as in the template's 1.1.0 (renamed to {new_name})" in done.stdout
+    assert not (service / dropped).exists() and not (service / renamed).exists()
+    assert "# renamed in 1.1.0" in (service / new_name).read_text()
+    assert (service / changed).read_bytes() == own_dockerfile
     assert rejects(service) == []

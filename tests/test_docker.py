@@ -68,11 +68,11 @@ def check_manual_migration_commands(stack: ComposeStack) -> None:
         result = stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", *args)
         return result.stdout + result.stderr
 
-    assert "0001 (head)" in alembic("current")
+    assert "0002 (head)" in alembic("current")
     alembic("downgrade", "-1")
-    assert "0001" not in alembic("current")
+    assert "0002" not in alembic("current")
     alembic("upgrade", "+1")
-    assert "0001 (head)" in alembic("current")
+    assert "0002 (head)" in alembic("current")
 
 
 def check_app_logs_are_json_lines(stack: ComposeStack) -> None:

@@ -307,7 +307,7 @@ def test_concurrent_migrate_jobs_apply_the_schema_once(stack: ComposeStack) -> N
         holder.wait(timeout=30)
     outputs = [job.communicate(timeout=300)[0] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], outputs
-    assert sql(stack, "race", "SELECT version_num FROM alembic_version").split() == ["0001"]
+    assert sql(stack, "race", "SELECT version_num FROM alembic_version").split() == ["0002"]
     tables = sql(stack, "race", "SELECT count(*) FROM pg_tables WHERE tablename = 'items'")
     assert tables == "1"
     stack.compose("exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-c",
@@ -319,8 +319,8 @@ AUTOCOMMIT_REVISION = '''"""Builds an index concurrently, outside the migration 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -349,16 +349,16 @@ def test_the_migration_lock_outlives_an_autocommit_block(
     url = scratch_database(stack, "autocommit")
     migrations = tmp_path / "migrations"
     shutil.copytree(stack.project / "migrations", migrations)
-    (migrations / "versions" / "0002_index_concurrently.py").write_text(AUTOCOMMIT_REVISION)
+    (migrations / "versions" / "0003_index_concurrently.py").write_text(AUTOCOMMIT_REVISION)
     for path in [tmp_path, *migrations.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the image's uid 10001
     job = migrate_job(stack, url, "--volume", f"{migrations}:/app/migrations:ro")
     output = job.communicate(timeout=300)[0]
     assert job.returncode == 0, output
-    assert sql(stack, "autocommit", "SELECT version_num FROM alembic_version") == "0002"
+    assert sql(stack, "autocommit", "SELECT version_num FROM alembic_version") == "0003"
     for line in (line for line in output.splitlines() if line.startswith("{")):
         assert json.loads(line)["logger"], line  # the migrate job logs JSON lines
-    assert any('"Running upgrade 0001 -> 0002' in line for line in output.splitlines()), output
+    assert any('"Running upgrade 0002 -> 0003' in line for line in output.splitlines()), output
     stack.compose("exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-c",
                   "DROP DATABASE autocommit WITH (FORCE)")  # fmt: skip
 
@@ -369,10 +369,10 @@ def test_a_failing_migration_keeps_the_app_from_starting(
     tmp_path: Path, compose_stack: Callable[[Path, str], ComposeStack]
 ) -> None:
     project = bake(tmp_path, project_name="Failing Migration")
-    (project / "migrations" / "versions" / "0002_broken.py").write_text(
+    (project / "migrations" / "versions" / "0003_broken.py").write_text(
         '"""A revision that cannot apply."""\n\n'
         "from alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        'revision = "0003"\ndown_revision = "0002"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade() -> None:\n"
         '    op.execute("ALTER TABLE no_such_table ADD COLUMN x int")\n\n\n'
         "def downgrade() -> None:\n    pass\n"

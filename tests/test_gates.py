@@ -177,11 +177,13 @@ def test_the_template_pins_its_own_actions_by_commit() -> None:
 
 # The only write grants any generated workflow may make, job by job: the release
 # pushes the image (build), signs it keylessly (sign) and proposes the digest for
-# production (pin). Every other job of every workflow reads at most.
+# production (pin); the template update proposes its branch (propose). Every other
+# job of every workflow reads at most.
 WRITE_GRANTS: dict[tuple[str, str], dict[str, str]] = {
     ("release.yml", "build"): {"packages": "write"},
     ("release.yml", "sign"): {"id-token": "write", "packages": "write"},
     ("release.yml", "pin"): {"contents": "write", "pull-requests": "write"},
+    ("template-update.yml", "propose"): {"contents": "write", "pull-requests": "write"},
 }
 
 

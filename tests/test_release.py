@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 
-from tests.helpers import TEMPLATE_DIR
+from tests.helpers import TEMPLATE_DIR, TEMPLATE_PROJECT
+from tests.releases import Release, content_at, files_at, releases
 
 HEADING = re.compile(r"^## \[(?P<version>[^\]]+)\]", re.MULTILINE)
 
@@ -16,3 +18,93 @@ def test_changelog_names_the_template_version_first() -> None:
     assert released[0] == "Unreleased"
     assert released[1] == version, "bump pyproject.toml's version with the changelog"
     assert len(set(released)) == len(released), "a version appears twice"
+
+
+# Under each released version's heading: "Tag `vX.Y.Z`, commit `<sha>`."
+RELEASE_LINE = re.compile(
+    r"^## \[(?P<version>\d+\.\d+\.\d+)\]\n\n"
+    r"Tag `v(?P=version)`, commit `(?P<commit>[0-9a-f]{7,40})`\.$",
+    re.MULTILINE,
+)
+
+
+def test_every_release_is_a_tag_on_the_commit_the_changelog_names() -> None:
+    changelog = (TEMPLATE_DIR / "CHANGELOG.md").read_text()
+    named = {match["version"]: match["commit"] for match in RELEASE_LINE.finditer(changelog)}
+    versions = [v for v in HEADING.findall(changelog) if v != "Unreleased"]
+    assert sorted(named) == sorted(versions), "a released heading lacks its tag-and-commit line"
+    tagged = {release.version: release.commit for release in releases()}
+    assert sorted(tagged) == sorted(named), "a release without its tag, or a tag without an entry"
+    for version, commit in named.items():
+        assert tagged[version].startswith(commit), f"v{version} is not on {commit}"
+
+
+REVISIONS = f"{TEMPLATE_PROJECT.name}/migrations/versions"
+
+
+def released_revisions() -> dict[str, tuple[str, str]]:
+    """Each revision file any release shipped: (the first release that did, its text)."""
+    first: dict[str, tuple[str, str]] = {}
+    for release in releases():
+        for path in files_at(release, REVISIONS):
+            if path.endswith(".py") and path not in first:
+                first[path] = (release.version, content_at(release, path))
+    return first
+
+
+def test_a_released_revision_is_never_changed_nor_removed() -> None:
+    # A database that applied a revision never runs it again: an edit reaches new
+    # databases only (0.2.0 edited 0001 in place, and every service migrated at 0.1.0
+    # disagreed with its models). A change to the schema is a new revision. A removed
+    # one leaves databases at a revision Alembic no longer knows.
+    released = released_revisions()
+    assert released, f"no release shipped a file under {REVISIONS}"
+    for path, (version, text) in released.items():
+        current = TEMPLATE_DIR / path
+        assert current.is_file(), f"{path}, released in {version}, was removed"
+        assert current.read_text() == text, (
+            f"{path} differs from {version}'s: write a new revision instead"
+        )
+
+
+CONDITIONAL_NAME = re.compile(r"\{%.*?%\}|\{%-.*?-%\}")
+
+
+def generated_name(source: str) -> str:
+    """A template path as the service gets it: {package} for the package directory, a
+    name chosen by a condition (LICENSE) as the file it renders to."""
+    relative = source.split("/", 1)[1]
+    return CONDITIONAL_NAME.sub("", relative.replace("{{cookiecutter.package_name}}", "{package}"))
+
+
+def generated_files(release: Release | None) -> set[str]:
+    """The service's file names at a release, or in this working tree (None)."""
+    if release is None:
+        sources = [
+            path.relative_to(TEMPLATE_DIR).as_posix()
+            for path in TEMPLATE_PROJECT.rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts
+        ]
+    else:
+        sources = files_at(release, TEMPLATE_PROJECT.name)
+    return {generated_name(source) for source in sources}
+
+
+def test_every_file_a_release_removed_is_in_the_removals_manifest() -> None:
+    manifest = tomllib.loads((TEMPLATE_DIR / "removals.toml").read_text())
+    recorded = {entry["path"]: entry for entry in manifest.get("removed", [])}
+    known = releases()
+    steps: list[tuple[Release, Release | None, str]] = [
+        (earlier, later, later.version) for earlier, later in itertools.pairwise(known)
+    ]
+    steps.append((known[-1], None, "Unreleased"))
+    expected: set[str] = set()
+    for earlier, later, version in steps:
+        before, after = generated_files(earlier), generated_files(later)
+        for path in sorted(before - after):
+            expected.add(path)
+            assert path in recorded, f"{path} was removed in {version} without a removals entry"
+            assert recorded[path]["release"] == version, path
+            moved_to = recorded[path].get("moved_to")
+            assert moved_to is None or moved_to in after, f"{path} moved to {moved_to}, not there"
+    assert set(recorded) == expected, "an entry names a path no release removed"

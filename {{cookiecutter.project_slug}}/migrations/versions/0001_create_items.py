@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "items",
-        sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
+        sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("description", sa.String(length=2000), nullable=True),
         sa.Column(
