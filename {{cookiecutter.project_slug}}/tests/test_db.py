@@ -7,6 +7,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,11 +17,12 @@ from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import make_url, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from {{ cookiecutter.package_name }} import db
 from {{ cookiecutter.package_name }}.db import (
     ConnectionDep,
     SessionDep,
@@ -322,6 +324,157 @@ async def test_a_slow_query_is_a_bug_not_an_outage(settings: Settings) -> None:
         await engine.dispose()
     # The server cancelled it (query_canceled): the database is fine, the query is not.
     assert not is_unavailable(caught.value)
+
+
+class SilentRelay:
+    """A TCP relay to the test database that can fall silent, as a server does when it is
+    cut off the network or hangs: its connections stay open but nothing gets through
+    either way any more, and new ones are accepted and never answered. No reset, no error:
+    the client only ever meets the silence."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._url = make_url(settings.database_url)
+        self._target = (self._url.host or "localhost", self._url.port or 5432)
+        self.silent = False
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, settings: Settings, **changes: object) -> Settings:
+        """The settings with the database behind this relay, and the given changes."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        url = self._url.set(host="127.0.0.1", port=self._server.sockets[0].getsockname()[1])
+        database_url = url.render_as_string(hide_password=False)
+        return settings.model_copy(update={"database_url": database_url, **changes})
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self.silent:
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        self._writers.append(upstream_writer)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer),
+            self._pipe(upstream_reader, writer),
+            return_exceptions=True,
+        )
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if not self.silent:  # what is sent into the silence is lost
+                sink.write(data)
+                await sink.drain()
+        if not self.silent:
+            sink.close()
+
+
+async def silent_after_filling_the_pool(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[AsyncEngine, SilentRelay]:
+    """An engine whose three pooled connections were opened, then the server fell silent.
+
+    The server's statement timeout and the client's grace are tenths of a second, so the
+    client gives up on a statement after 0.3 s (15 s + 2 s by default).
+    """
+    monkeypatch.setattr(db, "CLIENT_TIMEOUT_GRACE_SECONDS", 0.2)
+    relay = SilentRelay(settings)
+    changes = {
+        "database_statement_timeout_seconds": 0.1,
+        "database_pool_size": 3,
+        "database_pool_timeout_seconds": 0.5,
+    }
+    engine = create_engine(await relay.start(settings, **changes))
+    opened = [await engine.connect() for _ in range(3)]
+    for connection in opened:
+        await connection.execute(text("SELECT 1"))
+        await connection.close()
+    relay.silent = True
+    return engine, relay
+
+
+async def test_a_silent_server_costs_one_statement_timeout_not_one_per_pooled_connection(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, relay = await silent_after_filling_the_pool(settings, monkeypatch)
+    still_open_when_closed: list[ConnectionPoolEntry] = []
+
+    @event.listens_for(engine.sync_engine, "close")
+    def closing(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Runs after db.py's own listeners: by now the connection should be dropped,
+        # not waiting for a polite goodbye that a silent server never answers.
+        if not dbapi_connection.driver_connection.is_closed():
+            still_open_when_closed.append(record)
+
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(TimeoutError) as statement:
+                await connection.execute(text("SELECT 1"))
+        # The two other pooled connections are as dead: instead of handing one out to be
+        # waited out by the next request, the pool reconnects, which fails in its timeout.
+        with pytest.raises(TimeoutError) as checkout:
+            async with engine.connect():
+                pass
+        relay.silent = False  # the server is back: the next request succeeds
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
+        await relay.close()
+    assert is_unavailable(statement.value)
+    assert is_unavailable(checkout.value)
+    assert still_open_when_closed == [], "a connection to a silent server was closed politely"
+
+
+async def test_closing_the_pool_waits_for_no_silent_server(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, relay = await silent_after_filling_the_pool(settings, monkeypatch)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            await engine.dispose()  # what the lifespan does at shutdown
+    finally:
+        await relay.close()
+    # A polite close of each connection would wait out the statement timeout and the
+    # grace, one connection after another, each an ERROR "Exception closing connection".
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []
+
+
+async def test_a_statement_cancelled_with_its_request_is_cancelled_in_the_server(
+    settings: Settings,
+) -> None:
+    engine = create_engine(settings)
+    url = settings.database_sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
+    watcher = await asyncpg.connect(url)
+
+    async def wait_until_running(pid: int, running: bool) -> None:
+        for _ in range(200):  # 10 s, well within the 15 s statement timeout
+            state = await watcher.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid)
+            if (state == "active") is running:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the statement {'never started' if running else 'still runs'}")
+
+    try:
+        async with engine.connect() as connection:
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            statement = asyncio.create_task(connection.execute(text("SELECT pg_sleep(60)")))
+            await wait_until_running(pid, True)
+            statement.cancel()  # as a shutdown cancels a request past its grace
+            with pytest.raises(asyncio.CancelledError):
+                await statement
+        # Dropped without a word, the connection would leave the statement running in
+        # the server until its statement timeout; the polite close cancels it.
+        await wait_until_running(pid, False)
+    finally:
+        await watcher.close()
+        await engine.dispose()
 
 
 class LateDatabase:

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import CursorResult, Executable, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -114,6 +115,9 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     options.update(overrides)
     engine = create_async_engine(settings.database_sqlalchemy_url, **options)
     event.listen(engine.sync_engine, "checkout", _discard_closed_connections)
+    event.listen(engine.sync_engine, "handle_error", _replace_the_pool_after_a_silent_server)
+    event.listen(engine.sync_engine, "invalidate", _note_a_statement_left_running)
+    event.listen(engine.sync_engine, "close", _close_without_waiting)
     return engine
 
 
@@ -128,6 +132,54 @@ def _discard_closed_connections(
     """
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
+
+
+def _replace_the_pool_after_a_silent_server(context: ExceptionContext) -> None:
+    """A statement asyncpg gave up on (its command_timeout) ends every pooled connection.
+
+    The server did not answer CLIENT_TIMEOUT_GRACE_SECONDS after its own statement_timeout
+    should have ended the statement: it is gone, hung or cut off, for the other pooled
+    connections as much as for this one. SQLAlchemy counts the timeout as a disconnect but
+    replaces this connection only, so each other dead connection cost the next request
+    that took it the same full timeout, one request after another. Invalidating the pool
+    instead makes each connection opened before now reconnect at its next checkout: while
+    the server is away that connect fails within the pool timeout, and once it is back the
+    request succeeds. A server that was only slow costs a reconnect per connection.
+    """
+    if (
+        context.connection is not None
+        and context.is_disconnect
+        and isinstance(context.original_exception, TimeoutError)
+    ):
+        context.invalidate_pool_on_disconnect = True
+
+
+# Set in a pool record's info while its connection is invalidated with a statement
+# possibly still running on the server (see _close_without_waiting).
+_STATEMENT_LEFT_RUNNING = "statement_left_running"
+
+
+def _note_a_statement_left_running(
+    dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
+) -> None:
+    if isinstance(exception, asyncio.CancelledError):
+        record.info[_STATEMENT_LEFT_RUNNING] = True
+
+
+def _close_without_waiting(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """Drop a connection the pool closes without waiting for the server to answer.
+
+    SQLAlchemy's asyncpg dialect closes politely: it sends Terminate, then waits for the
+    server to close its end, up to 2 s for an invalidated connection and up to the
+    statement timeout + grace when the pool is disposed. A silent server never answers,
+    so each dead connection added those seconds to a request, or to the shutdown (one
+    connection after another, each an ERROR traceback "Exception closing connection").
+    asyncpg's terminate() sends the same Terminate and closes the socket at once: nothing
+    is lost for an idle connection. A connection whose request was cancelled mid-statement
+    keeps the polite close, which first asks the server to cancel that statement.
+    """
+    if not record.info.pop(_STATEMENT_LEFT_RUNNING, False):
+        dbapi_connection.driver_connection.terminate()
 
 
 async def ping(engine: AsyncEngine) -> None:
