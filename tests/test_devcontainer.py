@@ -272,6 +272,17 @@ def test_devcontainer_up_runs_the_generated_tests_against_the_services(
             f"{test_seconds:.0f} s, up again on the cached volume {again_seconds:.0f} s",
         )
     finally:
-        # The CLI names the compose project after the folder, as compose does.
+        # The CLI names the compose project after the folder, as compose does, and
+        # runs `dev` on an image of its own for this folder (`vsc-...-uid`, the
+        # developer's uid): one per run, so it goes too.
+        labels = [f"label=com.docker.compose.project={project.name}"]
+        labels.append("label=com.docker.compose.service=dev")
+        listed = ["docker", "ps", "-a", "--format", "{{.Image}}"]
+        for label in labels:
+            listed += ["--filter", label]
+        images = run(listed, project, check=False).stdout.split()
         down = [*compose, "-p", project.name, "down", "-v", "--remove-orphans"]
         run(down, project, check=False)
+        for image in images:
+            if image.startswith("vsc-"):
+                run(["docker", "image", "rm", image], project, check=False)
