@@ -84,6 +84,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
     ),
+    ("use_devcontainer", True): (".devcontainer",),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is

@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "ci": "none",
         "license": "Proprietary",
         "use_metrics": False,
+        "use_devcontainer": False,
     },
     "py312-pg16-redis7-gitlab": {
         "python_version": "3.12",

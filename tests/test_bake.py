@@ -39,6 +39,8 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
         re.IGNORECASE,
     ),
     "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
+    # The Dockerfile's dev stage exists only for the dev container.
+    "use_devcontainer": re.compile(r"devcontainer|dev container|(?-i:\bAS dev\b)", re.IGNORECASE),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.
