@@ -54,6 +54,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/models.py",
         "migrations/versions/0001_create_items.py",
         "tests/test_items.py",
+        "tests/test_items_auth.py",
         "tests/test_migrations.py",
     ),
     ("server", "gunicorn"): (
@@ -74,6 +75,13 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_tracing", True): (
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
+    ),
+    ("auth", "oidc"): (
+        "src/{package}/auth.py",
+        "tests/test_auth.py",
+        "tests/plugins/auth.py",
+        "tests/test_settings_auth.py",
+        "tests/test_items_auth.py",
     ),
 }
 

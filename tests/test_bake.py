@@ -41,6 +41,13 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
     "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
+FORBIDDEN_FOR_AUTH = {
+    "none": re.compile(
+        r"joserfc|jwks|bearer|openid-configuration|\bAUTH_[A-Z]|\bauth\.py|access.token"
+        r"|www-authenticate",
+        re.IGNORECASE,
+    )
+}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.
 LEFTOVER_JINJA = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter", re.IGNORECASE)
 
@@ -143,6 +150,8 @@ def test_unchosen_options_are_pruned_without_trace(variant: str) -> None:
     patterns = [p for option, p in FORBIDDEN_WHEN_OFF.items() if not context[option]]
     if context["server"] in FORBIDDEN_FOR_SERVER:
         patterns.append(FORBIDDEN_FOR_SERVER[context["server"]])
+    if context["auth"] in FORBIDDEN_FOR_AUTH:
+        patterns.append(FORBIDDEN_FOR_AUTH[context["auth"]])
     for file in project_files(project):
         if file.name in {"LICENSE", ".env"}:
             continue
