@@ -71,10 +71,13 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_metrics.py",
         "src/{package}/metrics_db.py",
         "tests/test_metrics_db.py",
+        "src/{package}/metrics_auth.py",
+        "tests/test_metrics_auth.py",
     ),
     ("use_tracing", True): (
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
+        "tests/test_tracing_auth.py",
     ),
     ("auth", "oidc"): (
         "src/{package}/auth.py",
@@ -82,6 +85,9 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/plugins/auth.py",
         "tests/test_settings_auth.py",
         "tests/test_items_auth.py",
+        "src/{package}/metrics_auth.py",
+        "tests/test_metrics_auth.py",
+        "tests/test_tracing_auth.py",
     ),
 }
 

@@ -241,6 +241,7 @@ class Verifier:
         settings: Settings,
         keys: IssuerKeys,
         on_reject: Callable[[str], None] = lambda _: None,
+        on_accept: Callable[[str, str | None], None] = lambda _subject, _client: None,
     ) -> None:
         self.keys = keys
         self.max_bytes = settings.auth_max_token_bytes
@@ -252,8 +253,10 @@ class Verifier:
         options["aud"] = {"essential": True, "value": settings.auth_audience}
         self.leeway = settings.auth_leeway_seconds
         self.claims_options = options
-        # Told the reason of every refusal (metrics.py counts them by reason).
+        # Told the reason of every refusal (metrics_auth.py counts them), and who each
+        # accepted token speaks for (tracing.py puts it on the request's span).
         self.on_reject = on_reject
+        self.on_accept = on_accept
 
     async def verify(self, token: str) -> Caller:
         try:
@@ -346,11 +349,12 @@ async def authenticate(
             rejected.description,
             headers={"WWW-Authenticate": challenge("invalid_token", rejected.description)},
         ) from None
-    # Into the access line, never the token: see access_log.py.
+    # Into the access line and the span, never the token: see access_log.py.
     request.scope.setdefault("state", {})[LOG_FIELDS] = {
         "subject": caller.subject,
         "client_id": caller.client_id,
     }
+    verifier.on_accept(caller.subject, caller.client_id)
     missing = [scope for scope in security_scopes.scopes if scope not in caller.scopes]
     if missing:
         verifier.on_reject("insufficient_scope")
@@ -383,10 +387,13 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 async def start(
-    settings: Settings, http: httpx.AsyncClient, on_reject: Callable[[str], None] = lambda _: None
+    settings: Settings,
+    http: httpx.AsyncClient,
+    on_reject: Callable[[str], None] = lambda _: None,
+    on_accept: Callable[[str, str | None], None] = lambda _subject, _client: None,
 ) -> Verifier:
     """The worker's verifier, its keys fetched now if the issuer answers (else on first use)."""
-    verifier = Verifier(settings, IssuerKeys(settings, http), on_reject)
+    verifier = Verifier(settings, IssuerKeys(settings, http), on_reject, on_accept)
     await verifier.keys.refresh()
     if not verifier.keys.keys:
         logger.error(

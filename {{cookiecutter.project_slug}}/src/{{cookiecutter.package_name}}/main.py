@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import {% if cookiecutter.auth == "oidc" %}auth, {% endif %}{% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
+from {{ cookiecutter.package_name }} import {% if cookiecutter.auth == "oidc" %}auth, {% endif %}{% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.auth == "oidc" %}, metrics_auth{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
 from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
@@ -110,7 +110,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 {%- if cookiecutter.auth == "oidc" %}
         issuer_http = auth.create_http_client(settings)
         resources.push_async_callback(issuer_http.aclose)
-        app.state.verifier = await auth.start(settings, issuer_http)
+        app.state.verifier = await auth.start(
+            settings,
+            issuer_http,
+{%- if cookiecutter.use_metrics %}
+            on_reject=metrics_auth.count_rejection,
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+            # The caller on the request's span (a no-op while tracing is off).
+            on_accept=tracing.record_caller,
+{%- endif %}
+        )
         app.state.dependency_probes["issuer"] = app.state.verifier.keys.check
 {%- endif %}
         # Registered last, so it runs first: no dependency check outlives the pools.
