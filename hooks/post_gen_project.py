@@ -88,6 +88,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/metrics_auth.py",
         "tests/test_metrics_auth.py",
         "tests/test_tracing_auth.py",
+        "dev-issuer",
     ),
 }
 

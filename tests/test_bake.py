@@ -180,6 +180,9 @@ def test_compose_services_match_the_options(variant: str) -> None:
     if context["use_redis"]:
         expected.add("redis")
         assert compose["services"]["redis"]["image"] == f"redis:{context['redis_version']}"
+    if context["auth"] == "oidc":
+        expected.add("issuer")
+        assert compose["services"]["issuer"]["profiles"] == ["dev-issuer"]
     assert set(compose["services"]) == expected
 
 
@@ -280,7 +283,10 @@ def test_default_bake_without_uv_ships_a_matching_lock(
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)
 def test_hadolint_has_no_findings(variant: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    run([hadolint, "--failure-threshold", "style", "Dockerfile"], _BAKED[variant])
+    project = _BAKED[variant]
+    dockerfiles = ["Dockerfile", *(["dev-issuer/Dockerfile"] * (project / "dev-issuer").exists())]
+    for dockerfile in dockerfiles:
+        run([hadolint, "--failure-threshold", "style", dockerfile], project)
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)

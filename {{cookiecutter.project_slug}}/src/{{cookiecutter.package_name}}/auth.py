@@ -254,7 +254,7 @@ class Verifier:
         self.leeway = settings.auth_leeway_seconds
         self.claims_options = options
         # Told the reason of every refusal (metrics_auth.py counts them), and who each
-        # accepted token speaks for (tracing.py puts it on the request's span).
+        # accepted token speaks for (for the request's span, when traces are on).
         self.on_reject = on_reject
         self.on_accept = on_accept
 
