@@ -58,6 +58,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "migrations/versions/0001_create_items.py",
         "migrations/versions/0002_items_id_bigint_identity.py",
         "tests/test_items.py",
+        "tests/test_items_auth.py",
         "tests/test_migrations.py",
     ),
     ("server", "gunicorn"): (
@@ -79,10 +80,24 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_metrics.py",
         "src/{package}/metrics_db.py",
         "tests/test_metrics_db.py",
+        "src/{package}/metrics_auth.py",
+        "tests/test_metrics_auth.py",
     ),
     ("use_tracing", True): (
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
+        "tests/test_tracing_auth.py",
+    ),
+    ("auth", "oidc"): (
+        "src/{package}/auth.py",
+        "tests/test_auth.py",
+        "tests/plugins/auth.py",
+        "tests/test_settings_auth.py",
+        "tests/test_items_auth.py",
+        "src/{package}/metrics_auth.py",
+        "tests/test_metrics_auth.py",
+        "tests/test_tracing_auth.py",
+        "dev-issuer",
     ),
     ("use_devcontainer", True): (".devcontainer",),
 }

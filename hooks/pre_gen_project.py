@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "server": ("gunicorn", "uvicorn"),
     "ci": ("github", "gitlab", "none"),
     "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary"),
+    "auth": ("none", "oidc"),
 }
 
 # Top-level modules the generated service imports, or that tooling imports by
@@ -45,6 +46,7 @@ DEPENDENCY_MODULES = frozenset(
         "anyio",
         "asyncpg",
         "click",
+        "cryptography",
         "dotenv",
         "greenlet",
         "h11",
@@ -53,6 +55,7 @@ DEPENDENCY_MODULES = frozenset(
         "fastapi",
         "gunicorn",
         "httpx",
+        "joserfc",
         "migrations",
         "mypy",
         "opentelemetry",

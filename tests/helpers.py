@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "license": "Proprietary",
         "use_metrics": False,
         "use_devcontainer": False,
+        "auth": "none",
     },
     "py312-pg16-redis7-gitlab": {
         "python_version": "3.12",
@@ -41,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "redis_version": "7",
         "ci": "gitlab",
         "license": "Apache-2.0",
+        "auth": "oidc",
     },
     "py314-pg18-bsd": {
         "python_version": "3.14",
@@ -49,11 +51,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "no-redis": {"use_redis": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
-    # Also an import name that differs from the distribution name.
+    # Also an import name that differs from the distribution name, and tokens verified
+    # by a uvicorn service whose only protected routes are its own.
     "no-example-api": {
         "include_example_api": False,
         "package_name": "svc_core",
         "use_tracing": True,
+        "server": "uvicorn",
+        "auth": "oidc",
     },
     "uvicorn": {"server": "uvicorn"},
 }

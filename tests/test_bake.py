@@ -43,6 +43,13 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
     "use_devcontainer": re.compile(r"devcontainer|dev container|(?-i:\bAS dev\b)", re.IGNORECASE),
 }
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
+FORBIDDEN_FOR_AUTH = {
+    "none": re.compile(
+        r"joserfc|jwks|bearer|openid-configuration|\bAUTH_[A-Z]|\bauth\.py|access.token"
+        r"|www-authenticate",
+        re.IGNORECASE,
+    )
+}
 # GitHub expressions (${{ ... }}) are the one legitimate double brace.
 LEFTOVER_JINJA = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter", re.IGNORECASE)
 
@@ -145,6 +152,8 @@ def test_unchosen_options_are_pruned_without_trace(variant: str) -> None:
     patterns = [p for option, p in FORBIDDEN_WHEN_OFF.items() if not context[option]]
     if context["server"] in FORBIDDEN_FOR_SERVER:
         patterns.append(FORBIDDEN_FOR_SERVER[context["server"]])
+    if context["auth"] in FORBIDDEN_FOR_AUTH:
+        patterns.append(FORBIDDEN_FOR_AUTH[context["auth"]])
     for file in project_files(project):
         if file.name in {"LICENSE", ".env"}:
             continue
@@ -173,6 +182,9 @@ def test_compose_services_match_the_options(variant: str) -> None:
     if context["use_redis"]:
         expected.add("redis")
         assert compose["services"]["redis"]["image"] == f"redis:{context['redis_version']}"
+    if context["auth"] == "oidc":
+        expected.add("issuer")
+        assert compose["services"]["issuer"]["profiles"] == ["dev-issuer"]
     assert set(compose["services"]) == expected
 
 
@@ -273,7 +285,10 @@ def test_default_bake_without_uv_ships_a_matching_lock(
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)
 def test_hadolint_has_no_findings(variant: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    run([hadolint, "--failure-threshold", "style", "Dockerfile"], _BAKED[variant])
+    project = _BAKED[variant]
+    dockerfiles = ["Dockerfile", *(["dev-issuer/Dockerfile"] * (project / "dev-issuer").exists())]
+    for dockerfile in dockerfiles:
+        run([hadolint, "--failure-threshold", "style", dockerfile], project)
 
 
 @pytest.mark.parametrize("variant", variant_params(), indirect=True)

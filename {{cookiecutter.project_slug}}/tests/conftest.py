@@ -25,6 +25,9 @@ pytest_plugins = [
 {%- if cookiecutter.use_redis %}
     "tests.plugins.cache",
 {%- endif %}
+{%- if cookiecutter.auth == "oidc" %}
+    "tests.plugins.auth",
+{%- endif %}
 ]
 
 
@@ -43,11 +46,24 @@ def app(settings: Settings) -> FastAPI:
 
 
 @pytest.fixture
-async def client(app: FastAPI, request: pytest.FixtureRequest) -> AsyncIterator[AsyncClient]:
+def client_headers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """What every request of ``client`` carries, as the plugins say (credentials...)."""
+    headers: dict[str, str] = {}
+    for contributed in request.config.hook.pytest_client_headers(request=request):
+        headers.update(contributed)
+    return headers
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, client_headers: dict[str, str], request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncClient]:
     """An HTTP client for the app, with its lifespan (pools) running."""
     async with app.router.lifespan_context(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
-        async with AsyncClient(transport=transport, base_url="http://test") as http:
+        async with AsyncClient(
+            transport=transport, base_url="http://test", headers=client_headers
+        ) as http:
             yield http
         # Each test starts from empty services; the pools are still open here.
         for reset in request.config.hook.pytest_app_reset(app=app):

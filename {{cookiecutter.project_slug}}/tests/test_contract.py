@@ -41,11 +41,25 @@ ALL_CHECKS = [check for check in CHECKS.get_all() if not isinstance(check, type)
 
 
 @pytest.fixture
-def api_schema(settings: Settings, client: AsyncClient) -> Iterator[OpenApiSchema]:
+def api_schema(
+    settings: Settings, client: AsyncClient, client_headers: dict[str, str]
+) -> Iterator[OpenApiSchema]:
     """The schema of an app of its own: Schemathesis runs it, with its lifespan, in its
     own event loop. ``client`` is only asked for so its teardown empties the tables."""
     app: FastAPI = create_app(settings)
-    yield schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    if client_headers:
+        # The test client's credentials on every generated request, except those where
+        # Schemathesis leaves them out on purpose to see the request refused.
+        @schema.auth(refresh_interval=None)
+        class ClientCredentials:
+            def get(self, case: schemathesis.Case[Any], context: Any) -> dict[str, str]:
+                return client_headers
+
+            def set(self, case: schemathesis.Case[Any], data: dict[str, str], context: Any) -> None:
+                case.headers.update(data)
+
+    yield schema
     shutdown_lifespans()  # closes the app's pools in the loop that opened them
 
 

@@ -19,9 +19,14 @@ from {{ cookiecutter.package_name }}.settings import (
 
 @pytest.fixture(autouse=True)
 def unset_settings_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sets the variables it is about; the shell's own do not leak in."""
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
+    """Each test sets the variables it is about; the shell's own do not leak in.
+
+    Those without a default stay as the test session set them (tests/plugins/): a
+    service cannot start without them, and these tests are about the others.
+    """
+    for name, field in Settings.model_fields.items():
+        if not field.is_required():
+            monkeypatch.delenv(name.upper(), raising=False)
 
 
 def test_local_accepts_the_defaults() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -38,6 +39,13 @@ class ReceiverHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """An OTLP/HTTP receiver on 127.0.0.1, named by the standard variables."""
+    with running_receiver(monkeypatch) as server:
+        yield server
+
+
+@contextmanager
+def running_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     server = Receiver()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -96,12 +104,18 @@ async def test_a_request_is_one_trace_with_its_client_spans(
     children = [s for _, s in spans if s.parent_span_id == server.span_id]
     assert all(child.trace_id == server.trace_id for child in children)
     # The lifespan registers a dependency probe per client (main.py), and instruments
-    # that client: each probe's call is a child span naming its database system.
+    # that client: each probe's call is a child span naming its database system, or
+    # an HTTP client span for a dependency reached over HTTP.
     systems = {
         attribute.value.string_value
         for child in children
         for attribute in child.attributes
         if attribute.key in {"db.system", "db.system.name"}
+    } | {
+        "http"
+        for child in children
+        for attribute in child.attributes
+        if attribute.key in {"http.request.method", "http.method"}
     }
     assert len(systems) == len(app.state.dependency_probes), [c.name for c in children]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

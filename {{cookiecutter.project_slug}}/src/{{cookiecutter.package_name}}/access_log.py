@@ -24,6 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from {{ cookiecutter.package_name }}.logging_config import ACCESS_LOGGER, request_id_var
 
 logger = logging.getLogger(ACCESS_LOGGER)
+# Fields that the app adds to this request's line (who called, once a dependency has
+# verified it): a dict under this key in the request's state, ``request.state``.
+LOG_FIELDS = "access_log_fields"
 
 
 def route_template(scope: Scope) -> str | None:
@@ -87,12 +90,14 @@ class AccessLogMiddleware:
             # After the proxy-headers middleware: the real client when the
             # request came through a trusted proxy (FORWARDED_ALLOW_IPS).
             client = scope.get("client")
+            added = scope.get("state", {}).get(LOG_FIELDS, {})
             logger.info(
                 "%s %s %d",
                 scope["method"],
                 scope["path"],
                 status,
                 extra={
+                    **added,  # first: the request's own fields below always win
                     "method": scope["method"],
                     "path": scope["path"],
                     "route": route_template(scope),

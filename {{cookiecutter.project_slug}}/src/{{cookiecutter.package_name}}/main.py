@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import {% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
+from {{ cookiecutter.package_name }} import {% if cookiecutter.auth == "oidc" %}auth, {% endif %}{% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.auth == "oidc" %}, metrics_auth{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
 from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
@@ -50,6 +50,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     /health/dependencies names it, instead of a crash loop.
     Each close is registered as soon as its client exists, so a failure half
     way through still closes what was opened.
+{%- if cookiecutter.auth == "oidc" %}
+    The one request made here is for the issuer's keys, bounded by
+    AUTH_ISSUER_TIMEOUT_SECONDS; without them the worker starts all the same.
+{%- endif %}
     """
 {%- endif %}
     settings: Settings = app.state.settings
@@ -102,6 +106,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if tracer_provider is not None:
             resources.enter_context(tracing.instrumented(tracer_provider, RedisInstrumentor()))
 {%- endif %}
+{%- endif %}
+{%- if cookiecutter.auth == "oidc" %}
+        issuer_http = auth.create_http_client(settings)
+        resources.push_async_callback(issuer_http.aclose)
+        app.state.verifier = await auth.start(
+            settings,
+            issuer_http,
+{%- if cookiecutter.use_metrics %}
+            on_reject=metrics_auth.count_rejection,
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+            # The caller on the request's span (a no-op while tracing is off).
+            on_accept=tracing.record_caller,
+{%- endif %}
+        )
+        app.state.dependency_probes["issuer"] = app.state.verifier.keys.check
 {%- endif %}
         # Registered last, so it runs first: no dependency check outlives the pools.
         resources.push_async_callback(health.cancel_dependency_check, app.state)
@@ -157,6 +177,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     dependencies.append(cache.FAILURES)
+{%- endif %}
+{%- if cookiecutter.auth == "oidc" %}
+    dependencies.append(auth.ISSUER)
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
     install_error_handling(app, dependencies, on_unavailable=metrics.count_dependency_failure)

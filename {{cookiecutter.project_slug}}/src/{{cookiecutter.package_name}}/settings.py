@@ -6,12 +6,15 @@ from functools import lru_cache
 from typing import Annotated, Literal
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis %}
 from urllib.parse import unquote, urlsplit
+{%- elif cookiecutter.auth == "oidc" %}
+from urllib.parse import urlsplit
 {%- endif %}
 
 from pydantic import (
     Field,
-    ValidationError,
-    field_validator,{% if cookiecutter.use_postgres or cookiecutter.use_redis %}
+    ValidationError,{% if cookiecutter.auth == "oidc" %}
+    ValidationInfo,{% endif %}
+    field_validator,{% if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.auth == "oidc" %}
     model_validator,{% endif %}
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +30,15 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # Passwords that ship in .env.example or the defaults; outside local/test they are refused.
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "please-change", "app"})
+{%- endif %}
+{%- if cookiecutter.auth == "oidc" %}
+
+# The signature algorithms a token may use: asymmetric only. "none" and the HMAC family
+# (HS256...) are never accepted: with HMAC, the issuer's public key would be the secret.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+    | {"Ed25519"}  # EdDSA's new name (RFC 9864)
+)
 {%- endif %}
 
 
@@ -90,6 +102,30 @@ class Settings(BaseSettings):
     # How long one Redis command may take.
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 {%- endif %}
+{%- if cookiecutter.auth == "oidc" %}
+    # The OpenID Connect issuer whose access tokens this service accepts: the "iss" every
+    # token must carry, and where discovery finds its keys. No default: a service names
+    # the issuer it trusts.
+    auth_issuer_url: str
+    # The issuer's JWKS, when discovery is not to be used; empty: found by discovery.
+    auth_jwks_url: str = ""
+    # The "aud" every token must carry: this service's name at the issuer.
+    auth_audience: str = Field(min_length=1)
+    # Comma-separated in the environment, like CORS_ORIGINS; asymmetric only (see above).
+    auth_algorithms: Annotated[list[str], NoDecode] = ["RS256", "PS256", "ES256", "EdDSA"]
+    # Clock skew allowed on exp and nbf, in seconds.
+    auth_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # Claims a token must carry besides iss, aud, exp and sub (always required).
+    auth_required_claims: Annotated[list[str], NoDecode] = []
+    # An unknown kid fetches the keys again at most this often; they are fetched again
+    # anyway once older than the max age (a key the issuer withdrew stops working).
+    auth_jwks_min_refresh_seconds: float = Field(default=60.0, gt=0)
+    auth_jwks_max_age_seconds: float = Field(default=3600.0, gt=0)
+    # How long fetching discovery or keys may take (a request may be waiting on it).
+    auth_issuer_timeout_seconds: float = Field(default=3.0, gt=0)
+    # Longer tokens are refused before they are parsed.
+    auth_max_token_bytes: int = Field(default=8192, ge=512)
+{%- endif %}
     # How long one dependency check (/health/dependencies) may take before it counts as failed.
     health_check_timeout_seconds: float = Field(default=1.0, gt=0)
 
@@ -117,12 +153,45 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins"{% if cookiecutter.auth == "oidc" %}, "auth_algorithms", "auth_required_claims"{% endif %}, mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
+{%- if cookiecutter.auth == "oidc" %}
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _only_asymmetric(cls, value: list[str]) -> list[str]:
+        refused = [name for name in value if name not in ASYMMETRIC_ALGORITHMS]
+        if refused or not value:
+            accepted = ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+            raise ValueError(f"{', '.join(refused) or 'none'} not accepted; choose from {accepted}")
+        return value
+
+    @field_validator("auth_issuer_url", "auth_jwks_url")
+    @classmethod
+    def _check_issuer_url(cls, value: str, info: ValidationInfo) -> str:
+        parts = urlsplit(value)
+        if (value or info.field_name == "auth_issuer_url") and (
+            parts.scheme not in {"http", "https"} or not parts.hostname
+        ):
+            raise ValueError("must be an http(s) URL: https://login.example.com/realms/main")
+        return value
+
+    @model_validator(mode="after")
+    def _issuer_over_https(self) -> Settings:
+        # Keys fetched over plain HTTP can be swapped by anyone on the path: fine for the
+        # dev issuer in compose, never for a deployed service.
+        if self.environment in {"local", "test"}:
+            return self
+        urls = {"AUTH_ISSUER_URL": self.auth_issuer_url, "AUTH_JWKS_URL": self.auth_jwks_url}
+        for name, url in urls.items():
+            if url and urlsplit(url).scheme != "https":
+                raise ValueError(f"{name} must be https when ENVIRONMENT={self.environment}")
+        return self
+{%- endif %}
 {%- if cookiecutter.use_postgres %}
 
     @field_validator("database_url")

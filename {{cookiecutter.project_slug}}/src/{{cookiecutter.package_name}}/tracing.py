@@ -83,6 +83,15 @@ def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
     )
 
 
+def record_caller(subject: str, client_id: str | None) -> None:
+    """Who the request is for, on its span: the authenticated subject and client, as a
+    dependency that verified them says (never their credentials)."""
+    span = trace.get_current_span()
+    span.set_attribute("enduser.id", subject)
+    if client_id is not None:
+        span.set_attribute("enduser.client_id", client_id)
+
+
 @contextmanager
 def instrumented(
     provider: TracerProvider, instrumentor: BaseInstrumentor, **options: Any

@@ -4,7 +4,8 @@
 ``pytest_plugins``; an option's module is created or pruned with the option.
 A module defines its own fixtures and implements what it needs of the hooks in
 ``hookspecs.py``: the settings it gives the app under test (such as its test
-service's URL), what to wipe after each test, and the compose services it needs. Adding an option's
+service's URL), the headers of the test client's requests, what to wipe after each
+test, and the compose services it needs. Adding an option's
 plugin is one new module, one line in ``pytest_plugins`` and its manifest entry.
 
 Tests that build the app (they use the ``settings`` fixture, directly or

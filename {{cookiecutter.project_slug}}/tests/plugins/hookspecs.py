@@ -16,6 +16,10 @@ def pytest_app_settings(request: FixtureRequest) -> Mapping[str, object] | None:
     """
 
 
+def pytest_client_headers(request: FixtureRequest) -> Mapping[str, str] | None:
+    """Headers every request of the ``client`` fixture carries (credentials...)."""
+
+
 def pytest_app_reset(app: FastAPI) -> Awaitable[None] | None:
     """Wipe what one test left behind (rows, keys...); awaited while the app's pools are open."""
 

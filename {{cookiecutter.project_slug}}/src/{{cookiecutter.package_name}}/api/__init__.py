@@ -6,9 +6,25 @@ from fastapi import APIRouter
 {%- if cookiecutter.include_example_api %}
 
 from {{ cookiecutter.package_name }}.api import items
+{%- if cookiecutter.auth == "oidc" %}
+from {{ cookiecutter.package_name }}.auth import require
+from {{ cookiecutter.package_name }}.errors import problem_responses
+{%- endif %}
 {%- endif %}
 
 api_router = APIRouter(prefix="/api")
 {%- if cookiecutter.include_example_api %}
-api_router.include_router(items.router)
+{%- if cookiecutter.auth == "oidc" %}
+# A valid token for every route (401 without), and a scope for each kind of use (403
+# without): a client that may read cannot write.
+api_router.include_router(
+    items.reads, dependencies=[require("items:read")], responses=problem_responses(401, 403)
+)
+api_router.include_router(
+    items.writes, dependencies=[require("items:write")], responses=problem_responses(401, 403)
+)
+{%- else %}
+api_router.include_router(items.reads)
+api_router.include_router(items.writes)
+{%- endif %}
 {%- endif %}

@@ -15,8 +15,10 @@ from {{ cookiecutter.package_name }}.models import Item
 
 # Every route reads or writes the database: a 503 when it is down, besides the
 # statuses each route adds (422, 400, 413 and 500 are added for every route that can
-# return them; see errors.py).
-router = APIRouter(prefix="/items", tags=["items"], responses=problem_responses(503))
+# return them; see errors.py). Reads and writes are two routers so that api/__init__.py
+# can give each its own access rule.
+reads = APIRouter(prefix="/items", tags=["items"], responses=problem_responses(503))
+writes = APIRouter(prefix="/items", tags=["items"], responses=problem_responses(503))
 
 # The id column is a 64-bit integer: a larger value is a 422 here, not a database error.
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id")]
@@ -76,7 +78,7 @@ _ITEM_LINKS = {
 }
 
 
-@router.post(
+@writes.post(
     "",
     response_model=ItemOut,
     status_code=status.HTTP_201_CREATED,
@@ -98,7 +100,7 @@ async def create_item(
     return ItemOut.model_validate(row)
 
 
-@router.get("", response_model=list[ItemOut])
+@reads.get("", response_model=list[ItemOut])
 async def list_items(
     connection: ConnectionDep,
     limit: Annotated[
@@ -113,7 +115,7 @@ async def list_items(
     return [ItemOut.model_validate(row) for row in result]
 
 
-@router.get("/{item_id}", response_model=ItemOut, responses=problem_responses(404))
+@reads.get("/{item_id}", response_model=ItemOut, responses=problem_responses(404))
 async def get_item(item_id: ItemId, connection: ConnectionDep) -> ItemOut:
     row = (await connection.execute(SELECT_ONE, {"item_id": item_id})).first()
     if row is None:
@@ -121,7 +123,7 @@ async def get_item(item_id: ItemId, connection: ConnectionDep) -> ItemOut:
     return ItemOut.model_validate(row)
 
 
-@router.put("/{item_id}", response_model=ItemOut, responses=problem_responses(404))
+@writes.put("/{item_id}", response_model=ItemOut, responses=problem_responses(404))
 async def update_item(item_id: ItemId, payload: ItemIn, connection: ConnectionDep) -> ItemOut:
     """Replace the item's fields; a field left out is cleared."""
     values = {"item_id": item_id, "new_name": payload.name, "new_description": payload.description}
@@ -131,7 +133,7 @@ async def update_item(item_id: ItemId, payload: ItemIn, connection: ConnectionDe
     return ItemOut.model_validate(row)
 
 
-@router.delete(
+@writes.delete(
     "/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404)
 )
 async def delete_item(item_id: ItemId, connection: ConnectionDep) -> Response:
