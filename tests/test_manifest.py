@@ -40,9 +40,9 @@ ALWAYS_SHIPPED = {
 } | {
     f"tests/{name}.py"
     for name in (
-        "__init__", "conftest", "plugins/__init__", "plugins/hookspecs", "test_access_log",
-        "test_contract", "test_errors", "test_health", "test_healthcheck", "test_logging",
-        "test_main", "test_settings",
+        "__init__", "conftest", "mutation", "plugins/__init__", "plugins/hookspecs",
+        "test_access_log", "test_body_limit", "test_contract", "test_errors", "test_health",
+        "test_healthcheck", "test_logging", "test_main", "test_request_id", "test_settings",
     )
 }  # fmt: skip
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import socket
 import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from {{ cookiecutter.package_name }} import healthcheck
+from {{ cookiecutter.package_name }}.settings import Settings
 
 
 class Answers:
@@ -88,3 +91,27 @@ def test_run_as_a_module_it_exits_with_the_result(
     with pytest.raises(SystemExit) as caught:
         runpy.run_module(healthcheck.__name__, run_name="__main__")
     assert caught.value.code == 1
+
+
+def test_without_port_it_asks_the_servers_default_port_within_dockers_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check answers before Docker's HEALTHCHECK --timeout would cut it off, and
+    without PORT it asks the port the server listens on by default."""
+    monkeypatch.delenv("PORT", raising=False)
+    asked: list[tuple[str, float]] = []
+
+    class Opener:
+        def open(self, url: str, timeout: float) -> object:
+            asked.append((url, timeout))
+            raise OSError("stand-in: nothing listens")
+
+    monkeypatch.setattr(
+        healthcheck.urllib.request, "build_opener", lambda *handlers: Opener()
+    )
+    assert healthcheck.main() == 1
+    ((url, timeout),) = asked
+    assert url == f"http://127.0.0.1:{Settings.model_fields['port'].default}/health/live"
+    docker = re.search(r"HEALTHCHECK .*--timeout=(\d+)s", Path("Dockerfile").read_text())
+    assert docker is not None
+    assert 0 < timeout < int(docker[1])

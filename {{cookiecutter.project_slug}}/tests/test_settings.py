@@ -121,3 +121,16 @@ def test_get_settings_loads_once_per_process(monkeypatch: pytest.MonkeyPatch) ->
     finally:
         get_settings.cache_clear()
     assert len(loads) == 1
+
+
+def test_each_bad_variable_is_named_once_and_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bad list item is reported under its variable, not under an index inside it.
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, cors_origins=[1])
+    problems = describe(caught.value).removeprefix("invalid configuration: ").split("; ")
+    assert [problem.partition(": ")[0] for problem in problems] == ["LOG_LEVEL", "CORS_ORIGINS"]
+
+
+def test_a_short_grace_still_leaves_requests_a_second() -> None:
+    assert settings_module.request_grace(1) == 1

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from {{ cookiecutter.package_name }}.database_url import split_database_url
 from {{ cookiecutter.package_name }}.db import create_engine
 from {{ cookiecutter.package_name }}.settings import Settings, describe
 
@@ -144,3 +145,82 @@ def test_outside_local_a_real_database_password_is_accepted() -> None:
         migration_database_url="",
     )
     assert settings.environment == "production"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "mysql://u:p@h/db",
+            "must be a PostgreSQL URL: postgresql+asyncpg://user:password@host:5432/db",
+        ),
+        ("postgres://h:x/db", "is not a valid URL"),
+        ("postgresql://u:p@/db", "has no host: postgresql+asyncpg://user:password@host:5432/db"),
+        (
+            "postgres://h/db?target_session_attrs=primary-ish",
+            "target_session_attrs=primary-ish is not one of "
+            "['any', 'prefer-standby', 'primary', 'read-only', 'read-write', 'standby']",
+        ),
+        (
+            "postgres://h/db?ssl=sometimes",
+            "ssl=sometimes is not one of "
+            "['allow', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full']",
+        ),
+        # A blank value is kept, and so refused rather than silently dropped.
+        (
+            "postgres://h/db?sslmode=",
+            "sslmode= is not one of "
+            "['allow', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full']",
+        ),
+        ("postgres://h/db?gssencmode=require", "gssencmode=require is not supported by asyncpg"),
+        (
+            "postgres://h/db?passfile=/x",
+            "passfile is not supported in the URL: put the password into the URL "
+            "(from a secret) instead",
+        ),
+        ("postgres://h/db?tcp_user_timeout=5", "unknown connection option 'tcp_user_timeout'"),
+        (
+            "postgres://h/db?options=-c%3Dx",
+            "options='-c=x': only '-c name=value' settings are supported",
+        ),
+        (
+            "postgres://h/db?options=work_mem%3D1",
+            "options='work_mem=1': only '-c name=value' settings are supported",
+        ),
+    ],
+)
+def test_a_refused_database_url_says_why(url: str, message: str) -> None:
+    """The message is what the one-line startup error shows: it must name the fix."""
+    with pytest.raises(ValueError) as raised:
+        split_database_url(url)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("url", "mapped", "server_settings"),
+    [
+        # "://" again in a value does not move the scheme.
+        (
+            "postgresql://u:p@h/db?application_name=a://b",
+            "postgresql+asyncpg://u:p@h/db",
+            {"application_name": "a://b"},
+        ),
+        ("postgres://h/db?application_name=", "postgresql+asyncpg://h/db", {"application_name": ""}),
+        ("postgres://h/db?ssl=require", "postgresql+asyncpg://h/db?ssl=require", {}),
+        # Settings from both options are kept, in either order.
+        (
+            "postgres://h/db?application_name=a&options=-c%20x%3D1",
+            "postgresql+asyncpg://h/db",
+            {"application_name": "a", "x": "1"},
+        ),
+        ("postgres://h/db?options=-c%20x%3Da%3Db", "postgresql+asyncpg://h/db", {"x": "a=b"}),
+        # Several hosts without user info, and with an unencoded @ in the password: the
+        # last @ ends the user info, as urlsplit reads it.
+        ("postgres://h1,h2:5433/db", "postgresql+asyncpg:///db?host=h1&host=h2%3A5433", {}),
+        ("postgres://u:p@ss@h1,h2/db", "postgresql+asyncpg://u:p@ss@/db?host=h1&host=h2", {}),
+    ],
+)
+def test_edge_cases_of_a_database_url_are_mapped(
+    url: str, mapped: str, server_settings: dict[str, str]
+) -> None:
+    assert split_database_url(url) == (mapped, server_settings)

@@ -81,7 +81,12 @@ def split_database_url(value: str) -> tuple[str, dict[str, str]]:
             raise ValueError(f"unknown connection option {key!r}")
     if not url.hostname and not any(key == "host" for key, _ in query):
         raise ValueError("has no host: postgresql+asyncpg://user:password@host:5432/db")
-    return urlunsplit(url._replace(query=urlencode(query))), server_settings
+    mapped = urlunsplit(url._replace(query=urlencode(query)))
+    if not url.netloc:
+        # Several hosts and no user: urlunsplit drops the "//" of an empty netloc for a
+        # scheme it does not know, and SQLAlchemy cannot parse "postgresql+asyncpg:/db".
+        mapped = mapped.replace(":", "://", 1)
+    return mapped, server_settings
 
 
 def _parse_options(options: str) -> dict[str, str]:
