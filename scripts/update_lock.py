@@ -6,10 +6,14 @@ version turned into template variables (the Python floor stays the default's:
 see templated()). Run it, then the template's tests, before a release:
 
     uv run python scripts/update_lock.py && uv run pytest
+
+After adding a dependency to the template's pyproject.toml between releases,
+``--keep-versions`` locks it without upgrading anything else (``uv lock``).
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -41,11 +45,20 @@ def templated(lock: str, answers: dict[str, str]) -> str:
     return lock
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep-versions",
+        action="store_true",
+        help="lock what pyproject.toml added, upgrade nothing else",
+    )
+    arguments = parser.parse_args(argv)
     answers = defaults()
+    # The bake carries the shipped lock, whose versions plain `uv lock` keeps.
+    command = ["uv", "lock"] if arguments.keep_versions else ["uv", "lock", "--upgrade"]
     with tempfile.TemporaryDirectory() as tmp:
         project = bake(Path(tmp))
-        subprocess.run(["uv", "lock", "--upgrade"], cwd=project, check=True)
+        subprocess.run(command, cwd=project, check=True)
         lock = (project / "uv.lock").read_text()
     (TEMPLATE_PROJECT / "uv.lock").write_text(templated(lock, answers))
     print(f"wrote {TEMPLATE_PROJECT / 'uv.lock'}")

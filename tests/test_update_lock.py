@@ -47,12 +47,21 @@ def test_names_are_matched_literally_not_as_patterns() -> None:
     ],
 )
 def test_a_lock_without_exactly_one_own_entry_is_refused(lock: str) -> None:
-    with pytest.raises(SystemExit, match=r"could not find the project's own entry in uv\.lock"):
+    with pytest.raises(SystemExit) as raised:
         update_lock.templated(lock, ANSWERS)
+    assert raised.value.code == "could not find the project's own entry in uv.lock"
 
 
-def test_main_writes_the_upgraded_lock_of_a_default_bake_into_the_template(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("argv", "lock"),
+    [([], ["uv", "lock", "--upgrade"]), (["--keep-versions"], ["uv", "lock"])],
+)
+def test_main_writes_the_lock_of_a_default_bake_into_the_template(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    lock: list[str],
 ) -> None:
     answers = defaults()
     own = f'name = "{answers["project_slug"]}"\nversion = "{answers["version"]}"'
@@ -75,9 +84,9 @@ def test_main_writes_the_upgraded_lock_of_a_default_bake_into_the_template(
     monkeypatch.setattr(update_lock, "bake", bake)
     monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.setattr(update_lock, "TEMPLATE_PROJECT", template)
-    assert update_lock.main() == 0
+    assert update_lock.main(argv) == 0
     (project,) = [directory / "project" for directory in baked_into]
-    assert commands == [(["uv", "lock", "--upgrade"], {"cwd": project, "check": True})]
+    assert commands == [(lock, {"cwd": project, "check": True})]
     assert (template / "uv.lock").read_text() == f"version = 1\n\n[[package]]\n{TEMPLATED}\n"
     assert not project.exists(), "the bake is temporary"
     assert capsys.readouterr().out == f"wrote {template / 'uv.lock'}\n"

@@ -94,6 +94,7 @@ async def test_chunks_are_counted_together_up_to_the_limit() -> None:
     app, sent = await call(messages, [])
     assert sent[0]["status"] == 200
     assert app.read == messages
+    assert app.scopes == [{"type": "http", "method": "POST", "path": "/", "headers": []}]
 
 
 async def test_a_chunk_that_passes_the_limit_is_a_413_raised_before_the_app_sees_it() -> None:

@@ -7,6 +7,7 @@ import runpy
 import socket
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,9 +107,7 @@ def test_without_port_it_asks_the_servers_default_port_within_dockers_timeout(
             asked.append((url, timeout))
             raise OSError("stand-in: nothing listens")
 
-    monkeypatch.setattr(
-        healthcheck.urllib.request, "build_opener", lambda *handlers: Opener()
-    )
+    monkeypatch.setattr(urllib.request, "build_opener", lambda *handlers: Opener())
     assert healthcheck.main() == 1
     ((url, timeout),) = asked
     assert url == f"http://127.0.0.1:{Settings.model_fields['port'].default}/health/live"

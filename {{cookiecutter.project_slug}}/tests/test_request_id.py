@@ -51,9 +51,7 @@ async def call(
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(request_id_var.get())
         assert await receive() == {"type": "http.request", "body": b"sent"}
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
         await send({"type": "http.response.body", "body": b"ok"})
         if app_raises is not None:
             raise app_raises

@@ -205,7 +205,11 @@ def test_a_refused_database_url_says_why(url: str, message: str) -> None:
             "postgresql+asyncpg://u:p@h/db",
             {"application_name": "a://b"},
         ),
-        ("postgres://h/db?application_name=", "postgresql+asyncpg://h/db", {"application_name": ""}),
+        (
+            "postgres://h/db?application_name=",
+            "postgresql+asyncpg://h/db",
+            {"application_name": ""},
+        ),
         ("postgres://h/db?ssl=require", "postgresql+asyncpg://h/db?ssl=require", {}),
         # Settings from both options are kept, in either order.
         (
@@ -217,6 +221,7 @@ def test_a_refused_database_url_says_why(url: str, message: str) -> None:
         # Several hosts without user info, and with an unencoded @ in the password: the
         # last @ ends the user info, as urlsplit reads it.
         ("postgres://h1,h2:5433/db", "postgresql+asyncpg:///db?host=h1&host=h2%3A5433", {}),
+        ("postgres://h1,h2/a:b", "postgresql+asyncpg:///a:b?host=h1&host=h2", {}),
         ("postgres://u:p@ss@h1,h2/db", "postgresql+asyncpg://u:p@ss@/db?host=h1&host=h2", {}),
     ],
 )
