@@ -90,3 +90,12 @@ def test_main_writes_the_lock_of_a_default_bake_into_the_template(
     assert (template / "uv.lock").read_text() == f"version = 1\n\n[[package]]\n{TEMPLATED}\n"
     assert not project.exists(), "the bake is temporary"
     assert capsys.readouterr().out == f"wrote {template / 'uv.lock'}\n"
+
+
+def test_help_says_what_the_script_and_its_option_do(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        update_lock.main(["--help"])
+    assert raised.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Refresh the uv.lock that ships with the template (for the default answers)." in shown
+    assert "--keep-versions lock what pyproject.toml added, upgrade nothing else" in shown
