@@ -124,7 +124,7 @@ def test_get_settings_loads_once_per_process(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_each_bad_variable_is_named_once_and_separated(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A bad list item is reported under its variable, not under an index inside it.
+    # A bad entry in a list is reported under its variable, not under its index.
     monkeypatch.setenv("LOG_LEVEL", "LOUD")
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None, cors_origins=[1])
