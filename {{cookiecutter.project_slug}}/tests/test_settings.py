@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
 from {{ cookiecutter.package_name }} import settings as settings_module
 from {{ cookiecutter.package_name }}.settings import (
@@ -132,5 +132,35 @@ def test_each_bad_variable_is_named_once_and_separated(monkeypatch: pytest.Monke
     assert [problem.partition(": ")[0] for problem in problems] == ["LOG_LEVEL", "CORS_ORIGINS"]
 
 
-def test_a_short_grace_still_leaves_requests_a_second() -> None:
+def test_requests_get_four_fifths_of_the_grace_and_at_least_a_second() -> None:
+    assert settings_module.request_grace(25) == 20
     assert settings_module.request_grace(1) == 1
+
+
+class Checked(BaseModel):
+    """Stands in for the settings' own validators, which differ with the options."""
+
+    port: int
+
+    @field_validator("port")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even")
+        return value
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> Checked:
+        if self.port == 0:
+            raise ValueError("port 0 is no port")
+        return self
+
+
+def test_a_validators_message_is_shown_without_pydantics_prefix() -> None:
+    with pytest.raises(ValidationError) as field:
+        Checked(port=3)
+    assert describe(field.value) == "invalid configuration: PORT: must be even"
+    # A rule over several settings names none of them.
+    with pytest.raises(ValidationError) as whole:
+        Checked(port=0)
+    assert describe(whole.value) == "invalid configuration: port 0 is no port"
