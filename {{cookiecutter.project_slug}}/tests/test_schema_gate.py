@@ -55,6 +55,11 @@ def test_the_minimum_is_the_newest_revision_the_code_needs(three_releases: Scrip
     assert minimum(three_releases) == {"b"}
 
 
+def test_a_service_without_revisions_opens_on_an_empty_database(tmp_path: Path) -> None:
+    # No revision at all yet (the service has no table of its own): nothing to wait for.
+    assert reason_to_wait(scripts(tmp_path), set()) is None
+
+
 @pytest.mark.parametrize(
     ("current", "waits"),
     [

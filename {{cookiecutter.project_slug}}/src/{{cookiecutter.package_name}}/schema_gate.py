@@ -56,6 +56,8 @@ def minimum(script: ScriptDirectory) -> set[str]:
 def reason_to_wait(script: ScriptDirectory, current: Collection[str]) -> str | None:
     """Why this image's code may not run on a database at ``current`` yet; None if it may."""
     if not current:
+        if not minimum(script):
+            return None  # this image's code needs no revision (a service without any yet)
         return "the database has no revision yet: waiting for the migration Job"
     applied: set[str] = set()
     for head in current:
