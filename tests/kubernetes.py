@@ -37,6 +37,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
     "uvicorn": {"server": "uvicorn"},
     "tracing": {"use_tracing": True},
+    "auth": {"auth": "oidc"},
     "pg18": {"postgres_version": "18"},
     "pg16-redis7": {
         "postgres_version": "16",

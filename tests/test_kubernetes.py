@@ -477,7 +477,12 @@ def test_egress_reaches_the_cluster_dns_and_what_the_settings_name_only(
     assert canonical(web["spec"]["egress"]) == canonical(expected)
     # Each chosen service is among them (a setting forgotten is not a rule spared).
     ports = {p["port"] for rule in web["spec"]["egress"] for p in rule["ports"]}
-    chosen = {5432: ctx["use_postgres"], 6379: ctx["use_redis"], 4318: ctx["use_tracing"]}
+    chosen = {
+        5432: ctx["use_postgres"],
+        6379: ctx["use_redis"],
+        4318: ctx["use_tracing"],
+        443: ctx["auth"] == "oidc",
+    }
     assert {port for port, on in chosen.items() if on} == ports & set(chosen)
     if ctx["use_postgres"]:
         # The migration Job: the cluster's DNS and the database, nothing in.
