@@ -173,18 +173,29 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
         fault_started = time.monotonic()
         fault_over = threading.Event()
 
-        def probe() -> None:  # as a monitor and the kubelet poll them, during the fault
+        # As a monitor and the kubelet poll them during the fault, each on its own
+        # thread: a restart can be over in a second, so neither may wait for the other.
+        def probe_dependencies() -> None:
             while not fault_over.is_set():
                 probes.append((time.monotonic(), *failing_dependencies(stack)))
+                time.sleep(0.2)
+
+        def probe_readiness() -> None:
+            while not fault_over.is_set():
                 readiness.append(status_of(stack, "/health/ready"))
                 time.sleep(0.2)
 
-        prober = threading.Thread(target=probe)
-        prober.start()
+        probers = [
+            threading.Thread(target=probe_dependencies),
+            threading.Thread(target=probe_readiness),
+        ]
+        for prober in probers:
+            prober.start()
         fault(stack)
         fault_ended = time.monotonic()
         fault_over.set()
-        prober.join(timeout=60)
+        for prober in probers:
+            prober.join(timeout=60)
         # Within a few seconds of the dependency's return, only 200s.
         deadline = time.monotonic() + 30
         while failing_dependencies(stack)[0] != 200:
