@@ -22,14 +22,12 @@ from alembic import context
 from alembic.util import CommandError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 {% if cookiecutter.include_example_api -%}
 import {{ cookiecutter.package_name }}.models  # noqa: F401 - registers tables
 {% endif -%}
 from {{ cookiecutter.package_name }}.database_url import split_database_url
-from {{ cookiecutter.package_name }}.db import Base, connect_when_up
+from {{ cookiecutter.package_name }}.db import Base, connect_when_up, create_migration_engine
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
 from {{ cookiecutter.package_name }}.settings import ConfigurationError, Settings, load_settings
 
@@ -125,20 +123,8 @@ def _run_migrations(connection: Connection, settings: Settings) -> None:
 
 
 async def run_migrations_online(settings: Settings) -> None:
-    url, server_settings = split_database_url(settings.migration_url)
-    # NullPool: one connection for one run; nothing to keep warm in a job that exits.
-    engine = create_async_engine(
-        url,
-        poolclass=NullPool,
-        # As the app's engine: a failed statement's values stay out of the log.
-        hide_parameters=True,
-        connect_args={
-            # One connection attempt: a server that never answers it (packets dropped
-            # while it starts) is tried again after this, within the overall wait.
-            "timeout": settings.database_pool_timeout_seconds,
-            "server_settings": server_settings,
-        },
-    )
+    # One connection for one run, in a job that exits.
+    engine = create_migration_engine(settings)
     try:
         # The job may start together with the database (compose.yaml): wait for it.
         connection = await connect_when_up(engine, settings.migration_connect_timeout_seconds)

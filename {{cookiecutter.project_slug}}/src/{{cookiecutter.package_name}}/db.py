@@ -34,8 +34,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from {{ cookiecutter.package_name }}.database_url import split_database_url
 from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -119,6 +120,27 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     event.listen(engine.sync_engine, "invalidate", _note_a_statement_left_running)
     event.listen(engine.sync_engine, "close", _close_without_waiting)
     return engine
+
+
+def create_migration_engine(settings: Settings) -> AsyncEngine:
+    """The engine of the processes that migrate or wait for the schema, then exit
+    (migrations/env.py, schema_gate.py): MIGRATION_DATABASE_URL, else DATABASE_URL.
+
+    NullPool: one connection per use, nothing to keep warm. ``timeout`` bounds one
+    connection attempt: a server that never answers it (packets dropped while it
+    starts) is tried again by the caller, within its overall wait.
+    """
+    url, server_settings = split_database_url(settings.migration_url)
+    return create_async_engine(
+        url,
+        poolclass=NullPool,
+        # As the app's engine: a failed statement's values stay out of the log.
+        hide_parameters=True,
+        connect_args={
+            "timeout": settings.database_pool_timeout_seconds,
+            "server_settings": server_settings,
+        },
+    )
 
 
 def _discard_closed_connections(

@@ -29,11 +29,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
-from {{ cookiecutter.package_name }}.database_url import split_database_url
-from {{ cookiecutter.package_name }}.db import is_misconfigured, is_unavailable
+from {{ cookiecutter.package_name }}.db import create_migration_engine, is_misconfigured, is_unavailable
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 
@@ -84,17 +81,8 @@ async def wait_for_schema(
     settings: Settings, script: ScriptDirectory, poll_seconds: float = POLL_SECONDS
 ) -> set[str]:
     """Return the database's revisions once this image's code may run on them."""
-    url, server_settings = split_database_url(settings.migration_url)
-    engine = create_async_engine(
-        url,
-        # A short read every few seconds; no connection is kept between them.
-        poolclass=NullPool,
-        hide_parameters=True,
-        connect_args={
-            "timeout": settings.database_pool_timeout_seconds,
-            "server_settings": server_settings,
-        },
-    )
+    # A short read every few seconds; no connection is kept between them.
+    engine = create_migration_engine(settings)
     reported: str | None = None
     try:
         while True:
