@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
 import tomllib
 
+import pytest
+
 from tests.helpers import TEMPLATE_DIR, TEMPLATE_PROJECT
-from tests.releases import Release, content_at, files_at, releases
+from tests.releases import (
+    Release,
+    changelog_releases,
+    content_at,
+    files_at,
+    releases,
+    resolve,
+    tagged_releases,
+)
 
 HEADING = re.compile(r"^## \[(?P<version>[^\]]+)\]", re.MULTILINE)
 
@@ -20,20 +31,28 @@ def test_changelog_names_the_template_version_first() -> None:
     assert len(set(released)) == len(released), "a version appears twice"
 
 
-# Under each released version's heading: "Tag `vX.Y.Z`, commit `<sha>`."
-RELEASE_LINE = re.compile(
-    r"^## \[(?P<version>\d+\.\d+\.\d+)\]\n\n"
-    r"Tag `v(?P=version)`, commit `(?P<commit>[0-9a-f]{7,40})`\.$",
-    re.MULTILINE,
-)
-
-
-def test_every_release_is_a_tag_on_the_commit_the_changelog_names() -> None:
+def test_every_release_names_a_commit_of_this_history() -> None:
     changelog = (TEMPLATE_DIR / "CHANGELOG.md").read_text()
-    named = {match["version"]: match["commit"] for match in RELEASE_LINE.finditer(changelog)}
+    named = changelog_releases()
     versions = [v for v in HEADING.findall(changelog) if v != "Unreleased"]
     assert sorted(named) == sorted(versions), "a released heading lacks its tag-and-commit line"
-    tagged = {release.version: release.commit for release in releases()}
+    for version, commit in named.items():
+        full = resolve(commit)
+        assert full is not None, f"v{version}'s commit {commit} is not in this clone"
+        ancestor = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", full, "HEAD"], cwd=TEMPLATE_DIR, check=False
+        )
+        assert ancestor.returncode == 0, f"v{version}'s commit {commit} is not in main's history"
+
+
+def test_every_release_tag_is_on_the_commit_the_changelog_names() -> None:
+    tagged = {release.version: release.commit for release in tagged_releases()}
+    if not tagged:
+        # Not a pass: the tags are checked wherever the clone has them (a developer's
+        # clone, the template's GitHub CI with fetch-depth 0); this project's own CI
+        # clones main without tags, and the CHANGELOG's commits stand in there.
+        pytest.skip("this clone has no tags (cloned with --no-tags): nothing to compare")
+    named = changelog_releases()
     assert sorted(tagged) == sorted(named), "a release without its tag, or a tag without an entry"
     for version, commit in named.items():
         assert tagged[version].startswith(commit), f"v{version} is not on {commit}"

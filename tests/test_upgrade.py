@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TEMPLATE_DIR, require_docker, run
-from tests.releases import Release, releases
+from tests.releases import Release, releases, resolve
 from tests.test_cruft import GIT_IDENTITY, commit_all, edit, git, rejects
 from tests.test_service_suite import assert_suite_passed
 
@@ -52,6 +52,12 @@ def template_clone(destination: Path) -> Path:
     """A clone of this repository (its release tags included) whose newest commit is
     this working tree, uncommitted edits and all: cruft takes templates from git."""
     run(["git", "clone", "--quiet", str(TEMPLATE_DIR), str(destination)], destination.parent)
+    # The template's repository has a tag per release, and services check them out by
+    # name. A source cloned without tags gets them here from the commits CHANGELOG.md
+    # names (tests/releases.py), so `--checkout vX.Y.Z` means the same in both.
+    for release in releases():
+        if resolve(release.tag, destination) is None:
+            git(destination, "tag", release.tag, release.commit)
     for entry in destination.iterdir():
         if entry.name != ".git":
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
