@@ -26,7 +26,6 @@ from sqlalchemy.engine import Connection
 {% if cookiecutter.include_example_api -%}
 import {{ cookiecutter.package_name }}.models  # noqa: F401 - registers tables
 {% endif -%}
-from {{ cookiecutter.package_name }}.database_url import split_database_url
 from {{ cookiecutter.package_name }}.db import Base, connect_when_up, create_migration_engine
 from {{ cookiecutter.package_name }}.logging_config import configure_logging
 from {{ cookiecutter.package_name }}.settings import ConfigurationError, Settings, load_settings
@@ -38,10 +37,11 @@ target_metadata = Base.metadata
 logger = logging.getLogger("alembic.env")
 
 
-def run_migrations_offline(settings: Settings) -> None:
+def run_migrations_offline() -> None:
     """``alembic upgrade head --sql``: print the SQL instead of running it."""
     context.configure(
-        url=split_database_url(settings.migration_url)[0],
+        # The SQL is printed, not run: the dialect is all it needs from the URL.
+        dialect_name="postgresql",
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
@@ -143,7 +143,7 @@ def main() -> None:
     # prints (`alembic current`, `alembic heads`).
     configure_logging(settings.log_level, stream=sys.stderr)
     if context.is_offline_mode():
-        run_migrations_offline(settings)
+        run_migrations_offline()
         return
     if not settings.migration_database_url and not settings.database_statement_cache:
         # The statement cache is off for a transaction pooler (PgBouncer's transaction

@@ -37,8 +37,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 async def terminate_app_connections(settings: Settings) -> int:
     """What a database restart does to the pool: every app session ends server-side."""
-    url = settings.database_sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(url)
+    admin = await asyncpg.connect(settings.database_dsn)
     try:
         ended: list[asyncpg.Record] = await admin.fetch(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -193,7 +192,7 @@ async def test_only_reads_are_retried_after_a_stale_connection(
 
 
 def database_down(settings: Settings, **changes: str) -> Settings:
-    url = make_url(settings.database_sqlalchemy_url).set(**changes)  # type: ignore[arg-type]
+    url = make_url(settings.database_dsn).set(**changes)  # type: ignore[arg-type]
     return settings.model_copy(
         update={
             "database_url": url.render_as_string(hide_password=False),
@@ -260,8 +259,7 @@ async def test_a_full_pool_is_a_503(settings: Settings, client: AsyncClient, app
 async def test_a_timeout_inside_the_driver_is_an_outage_but_ours_is_a_bug(
     settings: Settings,
 ) -> None:
-    url = settings.database_sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
-    connection = await asyncpg.connect(url)
+    connection = await asyncpg.connect(settings.database_dsn)
     try:
         # A server that stops answering looks like this to the client: no reply in time.
         with pytest.raises(TimeoutError) as from_driver:
@@ -450,8 +448,7 @@ async def test_a_statement_cancelled_with_its_request_is_cancelled_in_the_server
     settings: Settings,
 ) -> None:
     engine = create_engine(settings)
-    url = settings.database_sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
-    watcher = await asyncpg.connect(url)
+    watcher = await asyncpg.connect(settings.database_dsn)
 
     async def wait_until_running(pid: int, running: bool) -> None:
         for _ in range(200):  # 10 s, well within the 15 s statement timeout
@@ -484,7 +481,7 @@ class LateDatabase:
     counts the connections it relayed."""
 
     def __init__(self, settings: Settings) -> None:
-        url = make_url(settings.database_sqlalchemy_url)
+        url = make_url(settings.database_dsn).set(drivername="postgresql+asyncpg")
         self.target = (url.host or "localhost", url.port or 5432)
         self._socket = socket.socket()
         self._socket.bind(("127.0.0.1", 0))
@@ -577,7 +574,9 @@ async def test_a_job_does_not_wait_out_a_server_without_the_tls_it_requires(
 
     server = await asyncio.start_server(no_tls, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    url = make_url(settings.database_sqlalchemy_url).set(host="127.0.0.1", port=port)
+    url = make_url(settings.database_dsn).set(
+        drivername="postgresql+asyncpg", host="127.0.0.1", port=port
+    )
     engine = create_async_engine(
         url.render_as_string(hide_password=False),
         poolclass=NullPool,
@@ -618,7 +617,9 @@ async def test_a_job_stops_waiting_for_a_database_that_never_answers(settings: S
 
     silent = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
-    url = make_url(settings.database_sqlalchemy_url).set(host="127.0.0.1", port=port)
+    url = make_url(settings.database_dsn).set(
+        drivername="postgresql+asyncpg", host="127.0.0.1", port=port
+    )
     engine = create_async_engine(url.render_as_string(hide_password=False), poolclass=NullPool)
     try:
         with pytest.raises(TimeoutError, match=r"within 0\.5 s"):

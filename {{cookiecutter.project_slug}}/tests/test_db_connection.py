@@ -206,7 +206,7 @@ async def test_a_request_that_waited_too_long_for_a_connection_is_a_503(
 
 async def test_a_request_refused_with_422_takes_no_connection(settings: Settings) -> None:
     # The database is unreachable: a request that needed it would be a 503.
-    down = make_url(settings.database_sqlalchemy_url).set(host="127.0.0.1", port=1)
+    down = make_url(settings.database_dsn).set(host="127.0.0.1", port=1)
     app = create_app(
         settings.model_copy(update={"database_url": down.render_as_string(hide_password=False)})
     )

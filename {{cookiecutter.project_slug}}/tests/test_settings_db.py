@@ -1,13 +1,16 @@
-"""DATABASE_URL: providers' URLs and libpq options become what asyncpg takes, or are
+"""DATABASE_URL: a libpq URL that asyncpg parses itself; what asyncpg would mishandle is
 refused at startup by name; placeholder passwords are refused outside local/test."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from {{ cookiecutter.package_name }}.database_url import split_database_url
+from {{ cookiecutter.package_name }}.database_url import asyncpg_dsn
 from {{ cookiecutter.package_name }}.db import create_engine
 from {{ cookiecutter.package_name }}.settings import Settings, describe
 
@@ -20,58 +23,76 @@ from {{ cookiecutter.package_name }}.settings import Settings, describe
         "postgresql+asyncpg://u:p@db.example.com:5432/app",
     ],
 )
-def test_provider_database_urls_are_normalised_for_asyncpg(given: str) -> None:
+def test_provider_database_urls_become_an_asyncpg_dsn(given: str) -> None:
     settings = Settings(_env_file=None, database_url=given)
-    assert settings.database_sqlalchemy_url == "postgresql+asyncpg://u:p@db.example.com:5432/app"
+    assert settings.database_dsn == "postgresql://u:p@db.example.com:5432/app"
 
 
 @pytest.mark.parametrize(
-    ("query", "url_query", "server_settings"),
+    ("query", "kept"),
     [
-        ("sslmode=require", "ssl=require", {}),
-        ("channel_binding=prefer&gssencmode=disable", "", {}),
-        ("target_session_attrs=read-write", "target_session_attrs=read-write", {}),
-        ("application_name=billing", "", {"application_name": "billing"}),
+        ("sslmode=require", "sslmode=require"),
+        ("channel_binding=prefer&gssencmode=disable&sslmode=require", "sslmode=require"),
+        ("target_session_attrs=read-write", "target_session_attrs=read-write"),
+        ("application_name=billing", "application_name=billing"),
+        ("service=billing", "service=billing"),
         (
             "options=-c%20search_path%3Dbilling%20-c%20work_mem%3D64MB",
-            "",
-            {"search_path": "billing", "work_mem": "64MB"},
+            "options=-c%20search_path%3Dbilling%20-c%20work_mem%3D64MB",
         ),
     ],
 )
-def test_libpq_options_are_mapped_for_asyncpg(
-    query: str, url_query: str, server_settings: dict[str, str]
-) -> None:
+def test_libpq_options_reach_asyncpg(query: str, kept: str) -> None:
     settings = Settings(_env_file=None, database_url=f"postgres://u:p@db.example.com/app?{query}")
-    base = "postgresql+asyncpg://u:p@db.example.com/app"
-    expected = f"{base}?{url_query}" if url_query else base
-    assert settings.database_sqlalchemy_url == expected
-    assert settings.database_server_settings == server_settings
+    base = "postgresql://u:p@db.example.com/app"
+    assert settings.database_dsn == (f"{base}?{kept}" if kept else base)
+
+
+def test_certificate_and_password_files_named_in_the_url_are_accepted(tmp_path: Path) -> None:
+    """Managed databases ask for sslmode=verify-full with their CA's certificate."""
+    for name in ("ca.pem", "client.pem", "client.key", "crl.pem", "pgpass"):
+        (tmp_path / name).write_text("")
+    query = (
+        f"sslmode=verify-full&sslrootcert={tmp_path}/ca.pem&sslcert={tmp_path}/client.pem"
+        f"&sslkey={tmp_path}/client.key&sslcrl={tmp_path}/crl.pem&passfile={tmp_path}/pgpass"
+    )
+    settings = Settings(_env_file=None, database_url=f"postgres://u@db.example.com/app?{query}")
+    assert settings.database_dsn.endswith(f"passfile={quote(str(tmp_path), safe='')}%2Fpgpass")
 
 
 @pytest.mark.parametrize(
     ("query", "named"),
     [
-        ("connect_timeout=10", "connect_timeout"),
-        ("sslrootcert=/certs/ca.pem", "PGSSLROOTCERT"),
+        ("connect_timeout=10", "DATABASE_POOL_TIMEOUT_SECONDS"),
+        ("sslrootcert=/no/such/ca.pem", "sslrootcert=/no/such/ca.pem: no such file"),
+        ("sslrootcert=system", "name the CA bundle's file"),
         ("channel_binding=require", "channel_binding"),
         ("sslmode=sometimes", "sslmode"),
         ("options=--no-such-flag", "options"),
         ("tcp_user_timeout=5", "tcp_user_timeout"),
     ],
 )
-def test_options_asyncpg_cannot_honour_are_refused_by_name(query: str, named: str) -> None:
+def test_options_asyncpg_would_mishandle_are_refused_by_name(query: str, named: str) -> None:
     with pytest.raises(ValidationError, match=named):
         Settings(_env_file=None, database_url=f"postgres://u:p@db.example.com/app?{query}")
 
 
+def test_a_bad_migration_url_is_refused_and_an_empty_one_means_database_url() -> None:
+    with pytest.raises(ValidationError, match="migration_database_url"):
+        Settings(_env_file=None, migration_database_url="mysql://u:p@h/db")
+    settings = Settings(
+        _env_file=None, database_url="postgres://u:p@h/app", migration_database_url=""
+    )
+    assert settings.migration_dsn == "postgresql://u:p@h/app"
+    with pytest.raises(ValidationError, match="database_url"):
+        Settings(_env_file=None, database_url="")
+
+
 def test_multi_host_and_unix_socket_urls_are_accepted() -> None:
     multi = Settings(_env_file=None, database_url="postgres://u:p@h1:5432,h2:5433/app")
-    assert multi.database_sqlalchemy_url == (
-        "postgresql+asyncpg://u:p@/app?host=h1%3A5432&host=h2%3A5433"
-    )
+    assert multi.database_dsn == "postgresql://u:p@h1:5432,h2:5433/app"
     socket = Settings(_env_file=None, database_url="postgresql://u:p@/app?host=/cloudsql/x")
-    assert socket.database_sqlalchemy_url == "postgresql+asyncpg://u:p@/app?host=%2Fcloudsql%2Fx"
+    assert socket.database_dsn == "postgresql://u:p@/app?host=%2Fcloudsql%2Fx"
 
 
 @pytest.mark.parametrize(
@@ -97,6 +118,25 @@ async def test_a_mapped_url_really_connects(settings: Settings) -> None:
     finally:
         await engine.dispose()
     assert (name, timeout) == ("mapped", "1234ms")
+
+
+async def test_a_password_file_named_in_the_url_is_read_by_asyncpg(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """asyncpg parses the URL itself: libpq's passfile works, which no mapping of the
+    URL into SQLAlchemy's form could carry."""
+    url = urlsplit(settings.database_dsn)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:*:{url.username}:{url.password}\n")
+    passfile.chmod(0o600)
+    netloc = f"{url.username}@{url.netloc.rpartition('@')[2]}"
+    without_password = url._replace(netloc=netloc, query=f"passfile={passfile}").geturl()
+    engine = create_engine(settings.model_copy(update={"database_url": without_password}))
+    try:
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.parametrize(("cache", "kept"), [(True, True), (False, False)])
@@ -150,21 +190,14 @@ def test_outside_local_a_real_database_password_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        (
-            "mysql://u:p@h/db",
-            "must be a PostgreSQL URL: postgresql+asyncpg://user:password@host:5432/db",
-        ),
+        ("mysql://u:p@h/db", "must be a PostgreSQL URL: postgresql://user:password@host:5432/db"),
         ("postgres://h:x/db", "is not a valid URL"),
-        ("postgresql://u:p@/db", "has no host: postgresql+asyncpg://user:password@host:5432/db"),
+        ("postgres://h1,h2:x/db", "is not a valid URL"),
+        ("postgresql://u:p@/db", "has no host: postgresql://user:password@host:5432/db"),
         (
             "postgres://h/db?target_session_attrs=primary-ish",
             "target_session_attrs=primary-ish is not one of "
             "['any', 'prefer-standby', 'primary', 'read-only', 'read-write', 'standby']",
-        ),
-        (
-            "postgres://h/db?ssl=sometimes",
-            "ssl=sometimes is not one of "
-            "['allow', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full']",
         ),
         # A blank value is kept, and so refused rather than silently dropped.
         (
@@ -174,14 +207,28 @@ def test_outside_local_a_real_database_password_is_accepted() -> None:
         ),
         ("postgres://h/db?gssencmode=require", "gssencmode=require is not supported by asyncpg"),
         (
-            "postgres://h/db?passfile=/x",
-            "passfile is not supported in the URL: put the password into the URL "
-            "(from a secret) instead",
+            "postgres://h/db?connect_timeout=5",
+            "connect_timeout is not supported in the URL: "
+            "set DATABASE_POOL_TIMEOUT_SECONDS instead",
         ),
-        ("postgres://h/db?tcp_user_timeout=5", "unknown connection option 'tcp_user_timeout'"),
+        ("postgres://h/db?passfile=/no/such", "passfile=/no/such: no such file"),
+        (
+            "postgres://h/db?tcp_user_timeout=5",
+            "unknown connection option 'tcp_user_timeout': asyncpg would send it to the server "
+            "as a setting, and every connection would fail",
+        ),
         (
             "postgres://h/db?options=-c%3Dx",
             "options='-c=x': only '-c name=value' settings are supported",
+        ),
+        (
+            "postgres://h/db?options=-c%3Da%3Db",
+            "options='-c=a=b': only '-c name=value' settings are supported",
+        ),
+        (
+            "postgres://h/db?sslrootcert=system",
+            "sslrootcert=system is not supported by asyncpg: name the CA bundle's file, "
+            "e.g. sslrootcert=/etc/ssl/certs/ca-certificates.crt",
         ),
         (
             "postgres://h/db?options=work_mem%3D1",
@@ -192,40 +239,25 @@ def test_outside_local_a_real_database_password_is_accepted() -> None:
 def test_a_refused_database_url_says_why(url: str, message: str) -> None:
     """The message is what the one-line startup error shows: it must name the fix."""
     with pytest.raises(ValueError) as raised:
-        split_database_url(url)
+        asyncpg_dsn(url)
     assert str(raised.value) == message
 
 
 @pytest.mark.parametrize(
-    ("url", "mapped", "server_settings"),
+    ("url", "dsn"),
     [
         # "://" again in a value does not move the scheme.
         (
-            "postgresql://u:p@h/db?application_name=a://b",
-            "postgresql+asyncpg://u:p@h/db",
-            {"application_name": "a://b"},
+            "postgresql+asyncpg://u:p@h/db?application_name=a://b",
+            "postgresql://u:p@h/db?application_name=a%3A%2F%2Fb",
         ),
-        (
-            "postgres://h/db?application_name=",
-            "postgresql+asyncpg://h/db",
-            {"application_name": ""},
-        ),
-        ("postgres://h/db?ssl=require", "postgresql+asyncpg://h/db?ssl=require", {}),
-        # Settings from both options are kept, in either order.
-        (
-            "postgres://h/db?application_name=a&options=-c%20x%3D1",
-            "postgresql+asyncpg://h/db",
-            {"application_name": "a", "x": "1"},
-        ),
-        ("postgres://h/db?options=-c%20x%3Da%3Db", "postgresql+asyncpg://h/db", {"x": "a=b"}),
-        # Several hosts without user info, and with an unencoded @ in the password: the
-        # last @ ends the user info, as urlsplit reads it.
-        ("postgres://h1,h2:5433/db", "postgresql+asyncpg:///db?host=h1&host=h2%3A5433", {}),
-        ("postgres://h1,h2/a:b", "postgresql+asyncpg:///a:b?host=h1&host=h2", {}),
-        ("postgres://u:p@ss@h1,h2/db", "postgresql+asyncpg://u:p@ss@/db?host=h1&host=h2", {}),
+        ("postgres://h/db?application_name=", "postgresql://h/db?application_name="),
+        # A service file may name the host.
+        ("postgres:///db?service=billing", "postgresql:///db?service=billing"),
+        ("postgres://[::1]:5433/db", "postgresql://[::1]:5433/db"),
+        # An unencoded @ in the password: the last @ ends the user info, as libpq reads it.
+        ("postgres://u:p@ss@h1,h2/db", "postgresql://u:p@ss@h1,h2/db"),
     ],
 )
-def test_edge_cases_of_a_database_url_are_mapped(
-    url: str, mapped: str, server_settings: dict[str, str]
-) -> None:
-    assert split_database_url(url) == (mapped, server_settings)
+def test_edge_cases_of_a_database_url(url: str, dsn: str) -> None:
+    assert asyncpg_dsn(url) == dsn

@@ -36,7 +36,6 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
-from {{ cookiecutter.package_name }}.database_url import split_database_url
 from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -84,16 +83,22 @@ class Base(DeclarativeBase):
     """Base class of every ORM model; Alembic reads its metadata."""
 
 
+# The engine's URL names only the dialect: asyncpg gets DATABASE_URL as its DSN (in
+# connect_args) and parses it itself, libpq options and all (database_url.py).
+DIALECT_URL = "postgresql+asyncpg://"
+
+
 def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     connect_args: dict[str, Any] = {
+        "dsn": settings.database_dsn,
         "timeout": settings.database_pool_timeout_seconds,
         # The server cancels a slow statement itself (a clean error, the connection
         # stays usable); the client-side limit only catches a server that stopped answering.
         "command_timeout": settings.database_statement_timeout_seconds
         + CLIENT_TIMEOUT_GRACE_SECONDS,
+        # asyncpg merges these with the URL's own (application_name, options).
         "server_settings": {
             "statement_timeout": str(round(settings.database_statement_timeout_seconds * 1000)),
-            **settings.database_server_settings,
         },
     }
     if not settings.database_statement_cache:
@@ -114,7 +119,7 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         "hide_parameters": True,
     }
     options.update(overrides)
-    engine = create_async_engine(settings.database_sqlalchemy_url, **options)
+    engine = create_async_engine(DIALECT_URL, **options)
     event.listen(engine.sync_engine, "checkout", _discard_closed_connections)
     event.listen(engine.sync_engine, "handle_error", _replace_the_pool_after_a_silent_server)
     event.listen(engine.sync_engine, "invalidate", _note_a_statement_left_running)
@@ -130,15 +135,14 @@ def create_migration_engine(settings: Settings) -> AsyncEngine:
     connection attempt: a server that never answers it (packets dropped while it
     starts) is tried again by the caller, within its overall wait.
     """
-    url, server_settings = split_database_url(settings.migration_url)
     return create_async_engine(
-        url,
+        DIALECT_URL,
         poolclass=NullPool,
         # As the app's engine: a failed statement's values stay out of the log.
         hide_parameters=True,
         connect_args={
+            "dsn": settings.migration_dsn,
             "timeout": settings.database_pool_timeout_seconds,
-            "server_settings": server_settings,
         },
     )
 

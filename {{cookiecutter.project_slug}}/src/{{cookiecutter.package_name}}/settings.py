@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
-    ValidationError,{% if cookiecutter.auth == "oidc" %}
+    ValidationError,{% if cookiecutter.auth == "oidc" or cookiecutter.use_postgres %}
     ValidationInfo,{% endif %}
     field_validator,{% if cookiecutter.use_postgres or cookiecutter.use_redis or cookiecutter.auth == "oidc" %}
     model_validator,{% endif %}
@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 {%- if cookiecutter.use_postgres %}
 
-from {{ cookiecutter.package_name }}.database_url import split_database_url
+from {{ cookiecutter.package_name }}.database_url import asyncpg_dsn
 {%- endif %}
 
 Environment = Literal["local", "test", "staging", "production"]
@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     # Larger request bodies are refused with 413 before the app reads them.
     max_request_body_bytes: int = Field(default=1_048_576, ge=1)
 {%- if cookiecutter.use_postgres %}
-    # asyncpg URL; postgres:// and postgresql:// and the libpq options that asyncpg can
-    # honour are translated, the others refused by name (see split_database_url).
+    # A libpq URL (postgres://, postgresql:// or postgresql+asyncpg://), which asyncpg
+    # parses itself; options it would mishandle are refused by name (database_url.py).
     # repr=False: the URL carries a password; keep it out of logs and tracebacks.
     database_url: str = Field(default="postgresql+asyncpg://app:app@localhost:5432/app", repr=False)
     # A fixed pool: SQLAlchemy closes an overflow connection as soon as it is returned
@@ -194,33 +194,23 @@ class Settings(BaseSettings):
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migration_database_url")
     @classmethod
-    def _check_database_url(cls, value: str) -> str:
-        split_database_url(value)  # refuses what asyncpg could not take, naming it
-        return value
-
-    @field_validator("migration_database_url")
-    @classmethod
-    def _check_migration_database_url(cls, value: str) -> str:
-        if value:
-            split_database_url(value)
+    def _check_database_url(cls, value: str, info: ValidationInfo) -> str:
+        # MIGRATION_DATABASE_URL may be empty (then migrations use DATABASE_URL).
+        if value or info.field_name == "database_url":
+            asyncpg_dsn(value)  # refuses what asyncpg would mishandle, naming it
         return value
 
     @property
-    def migration_url(self) -> str:
-        """The URL migrations connect with: MIGRATION_DATABASE_URL, else DATABASE_URL."""
-        return self.migration_database_url or self.database_url
+    def database_dsn(self) -> str:
+        """DATABASE_URL as the DSN asyncpg parses (db.create_engine)."""
+        return asyncpg_dsn(self.database_url)
 
     @property
-    def database_sqlalchemy_url(self) -> str:
-        """DATABASE_URL in the form SQLAlchemy's asyncpg dialect takes."""
-        return split_database_url(self.database_url)[0]
-
-    @property
-    def database_server_settings(self) -> dict[str, str]:
-        """Server settings from DATABASE_URL: application_name, and options=-c name=value."""
-        return split_database_url(self.database_url)[1]
+    def migration_dsn(self) -> str:
+        """The DSN migrations connect with: MIGRATION_DATABASE_URL, else DATABASE_URL."""
+        return asyncpg_dsn(self.migration_database_url or self.database_url)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
 

@@ -45,7 +45,7 @@ async def _empty_tables(engine: AsyncEngine) -> None:
 @pytest.fixture(scope="session")
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A freshly created and migrated test database, dropped after the session."""
-    configured = make_url(Settings().database_sqlalchemy_url)
+    configured = make_url(Settings().database_dsn).set(drivername="postgresql+asyncpg")
     name = f"{configured.database}_test"
     admin_url = configured.set(database="postgres").render_as_string(hide_password=False)
     test_url = configured.set(database=name).render_as_string(hide_password=False)
