@@ -15,30 +15,12 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 # The query options asyncpg's own parser reads (asyncpg.connect_utils, 0.32).
-ASYNCPG_OPTIONS = frozenset(
-    {
-        "host",
-        "port",
-        "user",
-        "password",
-        "dbname",
-        "database",
-        "passfile",
-        "service",
-        "sslmode",
-        "sslrootcert",
-        "sslcert",
-        "sslkey",
-        "sslcrl",
-        "sslpassword",
-        "sslnegotiation",
-        "ssl_min_protocol_version",
-        "ssl_max_protocol_version",
-        "target_session_attrs",
-        "krbsrvname",
-        "gsslib",
-    }
-)
+ASYNCPG_OPTIONS = frozenset({
+    "host", "port", "user", "password", "dbname", "database", "passfile", "service",
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword", "sslnegotiation",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "target_session_attrs",
+    "krbsrvname", "gsslib",
+})  # fmt: skip
 # Options asyncpg sends to the server as they are, which PostgreSQL takes at startup.
 SERVER_OPTIONS = frozenset({"application_name", "options"})
 # Files the URL names: missing, every connection would fail; refused at start instead.
