@@ -16,6 +16,14 @@ test runs on the same cores while anything is timed):
    ceiling back to back, the order alternating, so drift hits both alike;
 7. RSS again after the load.
 
+An ``auth=oidc`` bake (``--with auth=oidc``) also gets a stand-in issuer: a key made
+in the service's image, its public half served as a static JWKS beside the app
+(compose.bench-auth.yaml), and a token signed with it that every /api request of
+the run carries (the ceiling gets the same header and ignores it). The service
+fetches the keys once at start, so no request of the load waits on the network.
+Before the load, the service's own Verifier checks that token in a container
+without a network: the CPU one verification costs.
+
 The figures are printed as a markdown table and written as JSON to
 bench/results/. Nothing here asserts a timing: the goals are reported as met
 or not. Any socket error or non-2xx answer fails the run (exit 1).
@@ -50,6 +58,13 @@ from tests.helpers import TEMPLATE_DIR, bake, context_of, machine_load
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OVERLAY = BENCH_DIR / "compose.bench.yaml"
+AUTH_OVERLAY = BENCH_DIR / "compose.bench-auth.yaml"
+# Where the app finds the stand-in issuer's keys, and what its tokens must carry; as
+# compose.bench-auth.yaml sets them.
+BENCH_ISSUER = "http://bench-issuer:8000"
+BENCH_AUDIENCE = "bench"
+# Signatures checked for the verification figure, after as many unmeasured ones.
+VERIFICATIONS = 2000
 WRK_IMAGE = "fdt-bench-wrk:latest"
 
 
@@ -58,6 +73,10 @@ class Route:
     label: str
     path: str
     script: str | None = None  # a wrk Lua script baked into the wrk image
+
+    @property
+    def needs_token(self) -> bool:
+        return self.path.startswith("/api/")
 
 
 def routes(item_id: int) -> list[Route]:
@@ -166,8 +185,11 @@ def container_cpu_ns(container: str) -> int | None:
 class Stack:
     """The baked project's compose stack plus the bench overlay, under its own name."""
 
-    def __init__(self, project: Path, workers: int) -> None:
+    def __init__(self, project: Path, workers: int, auth: bool = False) -> None:
         self.project = project
+        self.auth = auth
+        # The bearer token of every /api request, once the issuer's key is made.
+        self.token: str | None = None
         run_id = uuid.uuid4().hex[:8]
         self.name = f"fdt-bench-{run_id}"
         self.image = f"fdt-bench-{run_id}:latest"
@@ -181,10 +203,19 @@ class Stack:
             "POSTGRES_PORT": "0",
             "REDIS_PORT": "0",
         }
-        shutil.copy(OVERLAY, project / OVERLAY.name)
+        self.overlays = [OVERLAY, *([AUTH_OVERLAY] if auth else [])]
+        for overlay in self.overlays:
+            shutil.copy(overlay, project / overlay.name)
 
     def compose_command(self, *args: str) -> list[str]:
-        return ["docker", "compose", "-f", "compose.yaml", "-f", OVERLAY.name, *args]
+        files = [arg for overlay in self.overlays for arg in ("-f", overlay.name)]
+        return ["docker", "compose", "-f", "compose.yaml", *files, *args]
+
+    def headers(self, route: Route) -> dict[str, str]:
+        """What a request of the route carries besides wrk's own: the token on /api."""
+        if self.token is not None and route.needs_token:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
 
     def compose(self, *args: str, timeout: float = 900) -> str:
         return sh(self.compose_command(*args), self.project, self.env, timeout)
@@ -331,7 +362,12 @@ def _percentile(output: str, percent: int) -> float:
 
 
 def wrk(
-    container: str, route: Route, seconds: int, args: argparse.Namespace, db: str | None = None
+    container: str,
+    route: Route,
+    seconds: int,
+    args: argparse.Namespace,
+    db: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """wrk inside the container's network namespace, against its own loopback.
 
@@ -339,10 +375,12 @@ def wrk(
     per request while it ran.
     """
     cpu_before = {"server": container_cpu_ns(container), "db": db and container_cpu_ns(db)}
+    header_args = [arg for item in (headers or {}).items() for arg in ("--header", ": ".join(item))]
     command = [
         "docker", "run", "--rm", "--network", f"container:{container}", WRK_IMAGE,
         "--threads", str(args.threads), "--connections", str(args.connections),
         "--duration", f"{seconds}s", "--timeout", "5s", "--latency",
+        *header_args,
         *(["--script", route.script] if route.script else []),
         f"http://127.0.0.1:8000{route.path}",
     ]  # fmt: skip
@@ -442,6 +480,88 @@ def versions(image: str) -> dict[str, Any]:
     }
 
 
+# --- auth=oidc: the stand-in issuer and the verification figure ----------------------------
+
+# Run in the service's image (its joserfc, its auth.py), with no network: makes the
+# issuer's key and a token for the run, then times the service's own Verifier on that
+# token, its key already cached as after the start-up fetch. Prints JSON.
+ISSUER_SCRIPT = """
+import asyncio, importlib, json, os, sys, time
+import httpx
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+package = os.environ["BENCH_PACKAGE"]
+auth = importlib.import_module(package + ".auth")
+settings = importlib.import_module(package + ".settings").Settings()
+key = RSAKey.generate_key(2048, {"kid": "bench-1", "alg": "RS256", "use": "sig"})
+now = int(time.time())
+claims = {
+    "iss": settings.auth_issuer_url, "aud": settings.auth_audience, "sub": "bench",
+    "client_id": "bench", "iat": now, "exp": now + 86400, "scope": "items:read items:write",
+}
+token = jwt.encode({"alg": "RS256", "kid": "bench-1"}, claims, key)
+jwks = {"keys": [key.as_dict(private=False)]}
+count = int(sys.argv[1])
+
+
+async def cpu_per_verification():
+    async with httpx.AsyncClient() as http:
+        keys = auth.IssuerKeys(settings, http)
+        keys.keys, keys.fetched_at = auth.signing_keys(jwks), keys.clock()
+        verifier = auth.Verifier(settings, keys)
+        for _ in range(count):  # warm-up
+            await verifier.verify(token)
+        started = time.process_time()
+        for _ in range(count):
+            await verifier.verify(token)
+        return (time.process_time() - started) / count * 1e6
+
+
+verify_cpu_us = asyncio.run(cpu_per_verification())
+print(json.dumps({"token": token, "jwks": jwks, "verify_cpu_us": verify_cpu_us}))
+"""
+
+
+def stand_in_issuer(stack: Stack, project: Path) -> dict[str, Any]:
+    """Make the issuer's key and the run's token, time one verification; serve the keys."""
+    package = next(p.name for p in (project / "src").iterdir() if p.is_dir())
+    output = sh([
+        "docker", "run", "--rm", "--network", "none", "--env-file", str(project / ".env"),
+        "--env", f"AUTH_ISSUER_URL={BENCH_ISSUER}", "--env", f"AUTH_AUDIENCE={BENCH_AUDIENCE}",
+        "--env", f"BENCH_PACKAGE={package}",
+        stack.image, "python", "-c", ISSUER_SCRIPT, str(VERIFICATIONS),
+    ])  # fmt: skip
+    made = json.loads(output)
+    keys = project / "bench-issuer"
+    keys.mkdir(exist_ok=True)
+    (keys / "jwks.json").write_text(json.dumps(made["jwks"]))
+    stack.token = made["token"]
+    return {
+        "algorithm": "RS256 (2048-bit key)",
+        "verifications": VERIFICATIONS,
+        "verify_cpu_us": made["verify_cpu_us"],
+    }
+
+
+def created_item(stack: Stack, deadline_seconds: float = 30) -> int:
+    """An item to read, made through the API; retried while the service still answers 503
+    (its workers fetch the issuer's keys as they start)."""
+    started = time.monotonic()
+    headers = stack.headers(Route("POST /api/items", "/api/items"))
+    while True:
+        created = httpx.post(
+            f"http://127.0.0.1:{stack.app_port}/api/items",
+            json={"name": "bench"},
+            headers=headers,
+            timeout=10,
+        )
+        if created.status_code != 503 or time.monotonic() - started > deadline_seconds:
+            created.raise_for_status()
+            return int(created.json()["id"])
+        time.sleep(0.2)
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -476,7 +596,7 @@ def measure(args: argparse.Namespace, mode: Mode, extra: dict[str, Any]) -> dict
         started = time.monotonic()
         project = bake(Path(tmp), **extra)
         result["bake_seconds"] = time.monotonic() - started
-        stack = Stack(project, args.workers)
+        stack = Stack(project, args.workers, auth=result["options"]["auth"] == "oidc")
         log(f"baked {project.name} in {result['bake_seconds']:.1f} s; stack {stack.name}")
         try:
             with exclusive_machine(not args.no_lock):
@@ -516,17 +636,16 @@ def measure_stack(
     build["base_mb"] = image_bytes(base) / 1e6
     build["over_base_mb"] = build["image_mb"] - build["base_mb"]
     result["build"] = build
+    if stack.auth:
+        log("the stand-in issuer's key, the token, one verification's CPU")
+        result["auth"] = stand_in_issuer(stack, project)
 
     log("up on fresh volumes")
     result["up"] = up_until_ready(stack)
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "120", "ceiling")
     result["versions"] = versions(stack.image)
 
-    created = httpx.post(
-        f"http://127.0.0.1:{stack.app_port}/api/items", json={"name": "bench"}, timeout=10
-    )
-    created.raise_for_status()
-    item_id = int(created.json()["id"])
+    item_id = created_item(stack)
     targets = {"service": stack.container("app"), "ceiling": stack.container("ceiling")}
     todo = routes(item_id)
     db = stack.container("db")
@@ -537,7 +656,7 @@ def measure_stack(
         log("warm-up")
         for route in todo:
             for container in targets.values():
-                wrk(container, route, mode.warmup_seconds, args)
+                wrk(container, route, mode.warmup_seconds, args, headers=stack.headers(route))
 
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {
         r.label: {"service": [], "ceiling": []} for r in todo
@@ -550,7 +669,14 @@ def measure_stack(
             for name in order:
                 log(f"round {round_index + 1}/{mode.rounds} {route.label} {name}")
                 samples[route.label][name].append(
-                    wrk(targets[name], route, mode.seconds, args, db=db)
+                    wrk(
+                        targets[name],
+                        route,
+                        mode.seconds,
+                        args,
+                        db=db,
+                        headers=stack.headers(route),
+                    )
                 )
 
     after = {name: memory(container) for name, container in targets.items()}
@@ -603,9 +729,32 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return checks
 
 
+def authenticated_read(result: dict[str, Any]) -> list[str]:
+    """auth=oidc: what checking the token costs the item read, beside the ceiling's read."""
+    auth = result["auth"]
+    verify = auth["verify_cpu_us"]
+    row = result["routes"]["GET /api/items/{id}"]
+    service, ceiling = row["service"]["cpu_us_per_request"], row["ceiling"]["cpu_us_per_request"]
+    lines = [
+        "| authenticated item read (`GET /api/items/{id}` with a bearer token) | measured |",
+        "| --- | ---: |",
+        f"| token verification, CPU per request (the service's Verifier in-process, "
+        f"{auth['algorithm']}, key cached, {auth['verifications']:,} tokens) | {verify:,.0f} µs |",
+        f"| req/s ratio to the ceiling (no token check) | {row['rps_ratio']:.2f} |",
+    ]
+    if service is not None and ceiling:
+        lines += [
+            f"| CPU per request: service, ceiling (ratio) "
+            f"| {service:,.0f} µs, {ceiling:,.0f} µs ({service / ceiling:.2f}) |",
+            f"| verification's share of the service's CPU per request | {verify / service:.0%} |",
+        ]
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     options = result["options"]
     shown = ["python_version", "use_postgres", "use_redis", "include_example_api", "server"]
+    shown.append("auth")
     shown += sorted(set(options) - set(context_of()))  # options added after this harness
     chosen = ", ".join(f"{key}={options[key]}" for key in shown)
     machine, versions, params = result["machine"], result["versions"], result["parameters"]
@@ -653,6 +802,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| `{label}` | {us(s['cpu_us_per_request'])} | {us(s['db_cpu_us_per_request'])} "
             f"| {us(c['cpu_us_per_request'])} | {us(c['db_cpu_us_per_request'])} | {ratio} |"
         )
+    if "auth" in result:
+        lines += ["", *authenticated_read(result)]
     mem, build, up = result["memory"], result["build"], result["up"]
 
     def mib(entry: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ MEMORY_UNITS = {
 }
 
 # Every published port is picked by Docker, so stacks can run side by side.
-RANDOM_PORTS = {"APP_PORT": "0", "POSTGRES_PORT": "0", "REDIS_PORT": "0"}
+RANDOM_PORTS = {"APP_PORT": "0", "POSTGRES_PORT": "0", "REDIS_PORT": "0", "ISSUER_PORT": "0"}
 
 
 class ComposeStack:

@@ -2,7 +2,9 @@
 
 The figures themselves come from `uv run python -m bench` (see README.md); this
 only proves that every step runs, every route answers under load without an
-error, and the table and the JSON come out.
+error, and the table and the JSON come out. It runs an auth=oidc bake, whose steps
+are the default bake's plus the stand-in issuer: every /api request must carry an
+accepted token (a 401 is an error of the run).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import AUTH_OVERLAY, OVERLAY, Route, Stack
 from tests.helpers import TEMPLATE_DIR, require_docker
 
 ROUTES = {
@@ -24,6 +27,8 @@ ROUTES = {
     "GET /api/items?limit=50",
     "POST /api/items",
 }
+# Every step of a default bake's run, and the stand-in issuer's besides.
+SMOKE = [sys.executable, "-m", "bench", "--smoke", "--with", "auth=oidc"]
 
 
 @pytest.mark.docker
@@ -34,7 +39,7 @@ def test_bench_smoke_run_prints_the_table_and_writes_json(
     require_docker()
     # The harness takes the machine-wide lock itself; this test must not hold it.
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--results-dir", str(tmp_path)],
+        [*SMOKE, "--results-dir", str(tmp_path)],
         cwd=TEMPLATE_DIR,
         capture_output=True,
         text=True,
@@ -47,12 +52,15 @@ def test_bench_smoke_run_prints_the_table_and_writes_json(
         assert f"| `{route}` |" in result.stdout, output
     assert "| RSS after load |" in result.stdout, output
     assert "| goal | measured | met |" in result.stdout, output
+    assert "| token verification, CPU per request" in result.stdout, output
 
     written = list(tmp_path.glob("*-smoke.json"))
     assert len(written) == 1, written
     data = json.loads(written[0].read_text())
     assert set(data["routes"]) == ROUTES
     assert data["errors"] == 0
+    assert data["options"]["auth"] == "oidc"
+    assert data["auth"]["verify_cpu_us"] > 0, data["auth"]
     for route, row in data["routes"].items():
         for target in ("service", "ceiling"):
             figures = row[target]
@@ -68,3 +76,22 @@ def test_bench_smoke_run_prints_the_table_and_writes_json(
     assert data["build"]["over_base_mb"] > 0
     assert data["up"]["first_200_seconds"] > 0
     assert data["versions"]["image"]["fastapi"]
+
+
+def test_only_an_oidc_bake_gets_the_issuer_and_only_api_requests_the_token(
+    tmp_path: Path,
+) -> None:
+    read, live = Route("read", "/api/items/1"), Route("live", "/health/live")
+    (tmp_path / "default").mkdir()
+    (tmp_path / "oidc").mkdir()
+    default = Stack(tmp_path / "default", workers=2)
+    assert default.compose_command("ps") == [
+        "docker", "compose", "-f", "compose.yaml", "-f", OVERLAY.name, "ps",
+    ]  # fmt: skip
+    assert default.headers(read) == {}
+    oidc = Stack(tmp_path / "oidc", workers=2, auth=True)
+    assert oidc.compose_command("ps")[-3:] == ["-f", AUTH_OVERLAY.name, "ps"]
+    assert (tmp_path / "oidc" / AUTH_OVERLAY.name).is_file()
+    oidc.token = "a.b.c"
+    assert oidc.headers(read) == {"Authorization": "Bearer a.b.c"}
+    assert oidc.headers(live) == {}

@@ -6,6 +6,11 @@ host with its database in the project's compose `db`. Discovery, a token obtaine
 HTTP with the client-credentials grant, the example API called with it (and refused
 without its scope), then a key rotation at the provider: the old token stays valid, the
 new kid is fetched once. The attacks are the generated suite's (tests/test_auth.py).
+
+Then the same bake as a developer gets it: `docker compose up` builds and starts the dev
+issuer from dev-issuer/ (on node:22-trixie-slim, a stand-in from .ci/node-standin where
+no registry serves it) beside the app, and the README's one command gets a token that
+the example API takes.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,6 +46,20 @@ def require_provider() -> None:
     if NODE.exists() and (PROVIDER_MODULES / "oidc-provider").is_dir():
         return
     message = "Node 22 and oidc-provider are not installed (.ci/run installs them)"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def require_node_image(project: Path) -> None:
+    """The dev issuer's base image, here or pullable; .ci/run makes a stand-in where not."""
+    dockerfile = (project / "dev-issuer" / "Dockerfile").read_text()
+    image = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert image, "dev-issuer/Dockerfile has no FROM line"
+    for command in (["docker", "image", "inspect"], ["timeout", "20", "docker", "pull", "-q"]):
+        if subprocess.run([*command, image.group(1)], capture_output=True).returncode == 0:
+            return
+    message = f"{image.group(1)} is neither here nor pullable; run .ci/node-standin/setup"
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -106,15 +126,25 @@ def key_fetches(app_log: Path, issuer: str) -> int:
     return sum(f"GET {issuer}/jwks " in line for line in app_log.read_text().splitlines())
 
 
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bake for the module's tests."""
+    return bake(
+        tmp_path_factory.mktemp("bake"),
+        auth="oidc",
+        use_redis=False,
+        ci="none",
+        project_name="Issuer Check",
+    )
+
+
 def test_a_baked_service_accepts_the_real_issuers_tokens(
-    tmp_path: Path, compose_stack: Callable[[Path, str], ComposeStack]
+    tmp_path: Path, project: Path, compose_stack: Callable[[Path, str], ComposeStack]
 ) -> None:
     require_provider()
-    project = bake(
-        tmp_path / "bake", auth="oidc", use_redis=False, ci="none", project_name="Issuer Check"
-    )
     dev_issuer = project / "dev-issuer"
-    (dev_issuer / "node_modules").symlink_to(PROVIDER_MODULES)
+    if not (dev_issuer / "node_modules").exists():
+        (dev_issuer / "node_modules").symlink_to(PROVIDER_MODULES)
 
     stack = compose_stack(project, "issuer")
     stack.up("db")
@@ -181,3 +211,42 @@ def test_a_baked_service_accepts_the_real_issuers_tokens(
             still = httpx.get(f"{base}/api/items",
                                   headers={"Authorization": f"Bearer {old_token}"})  # fmt: skip
             assert still.status_code == 200
+
+
+def readme_token_commands(project: Path, app_port: int) -> str:
+    """The generated README's commands for a token and a call with it, as a bash script."""
+    readme = (project / "README.md").read_text()
+    found = re.search(r"One command gets a token.*?```bash\n(.*?)```", readme, re.DOTALL)
+    assert found, "the README's Authentication section has no token command"
+    commands = found.group(1).replace("localhost:8000", f"127.0.0.1:{app_port}")
+    # curl fails on an error status; the token is printed last for the test's own calls.
+    commands = commands.replace("curl ", "curl --fail-with-body --silent --show-error ")
+    return commands + 'printf "\\n%s\\n" "$TOKEN"\n'
+
+
+def test_compose_up_starts_the_dev_issuer_and_the_readme_token_works(
+    project: Path,
+    compose_stack: Callable[[Path, str], ComposeStack],
+    record_property: Callable[[str, object], None],
+) -> None:
+    require_node_image(project)
+    stack = compose_stack(project, "dev-issuer")
+    started = time.monotonic()
+    # As the README says: no --profile, .env's COMPOSE_PROFILES turns the issuer on.
+    stack.up(build=True)
+    record_property("figure", f"dev issuer: build and up {time.monotonic() - started:.1f} s")
+    running_services = stack.compose("ps", "--services", "--status", "running").stdout.split()
+    assert "issuer" in running_services, running_services
+    app_port = stack.port("app", 8000)
+
+    output = run(["bash", "-euo", "pipefail", "-c", readme_token_commands(project, app_port)],
+                 project, env=stack.env).stdout  # fmt: skip
+    listing, token = output.strip().rsplit("\n", 1)
+    assert json.loads(listing) == [], listing  # the README's call: 200, no item yet
+    base = f"http://127.0.0.1:{app_port}"
+    created = httpx.post(f"{base}/api/items", json={"name": "x"},
+                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert created.status_code == 201, created.text
+    refused = httpx.post(f"{base}/api/items", json={"name": "y"})
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["www-authenticate"] == "Bearer"

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from joserfc.jwk import Key, RSAKey
 
-from {{ cookiecutter.package_name }}.auth import CallerDep, IssuerKeys, require
+from {{ cookiecutter.package_name }}.auth import CallerDep, IssuerKeys, document_security, require
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.plugins.auth import Issuer, signing_key
@@ -314,6 +314,33 @@ async def test_refreshes_are_spaced_by_the_interval(settings: Settings, issuer: 
         now[0] += settings.auth_jwks_min_refresh_seconds + 1
         await keys.refresh()
         assert issuer.key_fetches() == 2
+
+
+async def test_the_schema_names_the_issuer_and_each_operation_its_scopes(
+    client: AsyncClient, issuer: Issuer
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    schemes = schema["components"]["securitySchemes"]
+    # The URL the service itself discovers the issuer's keys by.
+    assert schemes["oidc"]["type"] == "openIdConnect"
+    assert schemes["oidc"]["openIdConnectUrl"] == f"{issuer.url}/.well-known/openid-configuration"
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    paths = schema["paths"]
+    guarded = [{"oidc": ["things:write"]}, {"bearer": ["things:write"]}]
+    assert paths[GUARDED]["get"]["security"] == guarded
+    assert paths[WHOAMI]["get"]["security"] == [{"oidc": []}, {"bearer": []}]
+    assert "security" not in paths["/health/live"]["get"]
+
+
+def test_without_a_protected_route_the_schema_names_no_scheme(settings: Settings) -> None:
+    app = FastAPI()
+
+    @app.get("/open")
+    async def open_route() -> dict[str, str]:
+        return {}
+
+    document_security(app, settings)
+    assert "securitySchemes" not in app.openapi().get("components", {})
 
 
 async def test_the_caller_is_in_the_access_line_and_the_token_nowhere(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastapi import FastAPI
 from httpx import AsyncClient
 
 from tests.plugins.auth import Issuer
@@ -25,3 +26,17 @@ async def test_a_writer_writes_and_cannot_read(client: AsyncClient, issuer: Issu
 async def test_without_a_token_nothing_is_read(client: AsyncClient) -> None:
     del client.headers["Authorization"]
     assert (await client.get("/api/items")).status_code == 401
+
+
+def test_the_schema_names_each_operation_its_scope(app: FastAPI) -> None:
+    paths = app.openapi()["paths"]
+    writes = {"post", "put", "delete"}
+    operations = [
+        (method, operation)
+        for path in ("/api/items", "/api/items/{item_id}")
+        for method, operation in paths[path].items()
+    ]
+    assert len(operations) == 5
+    for method, operation in operations:
+        scope = "items:write" if method in writes else "items:read"
+        assert operation["security"] == [{"oidc": [scope]}, {"bearer": [scope]}], method

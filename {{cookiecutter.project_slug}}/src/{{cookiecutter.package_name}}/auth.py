@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from joserfc import jws
@@ -66,9 +66,18 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 # the issuer was down recovers within seconds, without a fetch per request).
 RETRY_WITHOUT_KEYS_SECONDS = 5.0
 
-# Documented in OpenAPI as the "bearer" scheme: /docs gets "Authorize", generated
-# clients send the header. Never auto_error: every refusal is this module's problem.
-bearer = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="JWT")
+# How the token travels, and the scheme each protected operation declares in OpenAPI;
+# document_security adds the issuer next to it. Never auto_error: every refusal is this
+# module's problem.
+BEARER = "bearer"
+bearer = HTTPBearer(auto_error=False, scheme_name=BEARER, bearerFormat="JWT")
+# The OpenAPI scheme that names the issuer (OpenID Connect discovery).
+OPENID_CONNECT = "oidc"
+
+
+def discovery_url(issuer: str) -> str:
+    """Where the issuer describes itself (OpenID Connect Discovery 1.0, section 4)."""
+    return issuer.rstrip("/") + DISCOVERY_PATH
 
 
 class IssuerUnavailable(Exception):
@@ -194,7 +203,7 @@ class IssuerKeys:
         return keys
 
     async def _discover(self) -> str:
-        response = await self.http.get(self.issuer.rstrip("/") + DISCOVERY_PATH)
+        response = await self.http.get(discovery_url(self.issuer))
         response.raise_for_status()
         document = response.json()
         # OpenID Connect Discovery 1.0, 4.3: a document for another issuer is not ours.
@@ -379,6 +388,48 @@ def require(*scopes: str) -> DependsParam:
 
 # A handler's parameter for the caller: ``async def whoami(caller: CallerDep)``.
 CallerDep = Annotated[Caller, require()]
+
+
+def document_security(app: FastAPI, settings: Settings) -> None:
+    """Name the issuer in the OpenAPI schema, as the alternative to each bearer requirement.
+
+    The routes declare the ``bearer`` scheme (an HTTP bearer JWT) when they are built, at
+    import, before any settings exist; the issuer is known only here. So the schema gets
+    an ``openIdConnect`` scheme with the issuer's discovery URL (its token endpoint, the
+    grants and scopes it supports), required with the same scopes as ``bearer`` on every
+    operation that requires a token: generated clients and gateways learn where tokens
+    come from and which scope each operation needs. ``bearer`` stays as the alternative
+    (the same token, in the same header): /docs can take a pasted token with it, where
+    the issuer is not reachable from the browser, and contract testers that do not
+    speak OpenID Connect still see where the credential goes.
+    """
+    generate = app.openapi
+    scheme = {
+        "type": "openIdConnect",
+        "openIdConnectUrl": discovery_url(settings.auth_issuer_url),
+        "description": "An access token from the issuer, sent as a bearer token",
+    }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {})
+        if BEARER not in components.get("securitySchemes", {}):
+            return schema  # no operation requires a token
+        components["securitySchemes"] = {
+            OPENID_CONNECT: scheme,
+            **components["securitySchemes"],
+        }
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                requirements: list[dict[str, list[str]]] = operation.get("security", [])
+                issuer = [{OPENID_CONNECT: r[BEARER]} for r in requirements if BEARER in r]
+                if issuer:
+                    operation["security"] = [*issuer, *requirements]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:

@@ -180,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
 {%- if cookiecutter.auth == "oidc" %}
     dependencies.append(auth.ISSUER)
+    auth.document_security(app, settings)
 {%- endif %}
 {%- if cookiecutter.use_metrics %}
     install_error_handling(app, dependencies, on_unavailable=metrics.count_dependency_failure)
