@@ -116,8 +116,12 @@ def terminate_app_backends(stack: ComposeStack) -> None:
     )  # fmt: skip
 
 
-def paused(service: str, seconds: float) -> Callable[[ComposeStack], None]:
-    def fault(stack: ComposeStack) -> None:
+# A fault, given the stack and an event set once /health/dependencies reported it.
+Fault = Callable[[ComposeStack, threading.Event], None]
+
+
+def paused(service: str, seconds: float) -> Fault:
+    def fault(stack: ComposeStack, _reported: threading.Event) -> None:
         stack.compose("pause", service)
         time.sleep(seconds)
         stack.compose("unpause", service)
@@ -125,7 +129,20 @@ def paused(service: str, seconds: float) -> Callable[[ComposeStack], None]:
     return fault
 
 
-def db_disconnected(stack: ComposeStack) -> None:
+def restarted(service: str) -> Fault:
+    """Stopped, and started again once /health/dependencies has reported it (within 15
+    s). `compose restart` can be over in under a second, before any probe looks, and a
+    test of what the probe says would then pass or fail by chance."""
+
+    def fault(stack: ComposeStack, reported: threading.Event) -> None:
+        stack.compose("stop", service)
+        reported.wait(timeout=15)
+        stack.compose("start", service)
+
+    return fault
+
+
+def db_disconnected(stack: ComposeStack, _reported: threading.Event) -> None:
     network = f"{stack.name}_default"
     container = stack.container_id("db")
     run(["docker", "network", "disconnect", network, container], stack.project)
@@ -135,12 +152,12 @@ def db_disconnected(stack: ComposeStack) -> None:
 
 # name: (the fault, the dependency /health/dependencies must report down during it, or
 # None where the dependency stays available and it rightly stays 200)
-CASES: dict[str, tuple[Callable[[ComposeStack], object], str | None]] = {
-    "postgres restarted": (lambda stack: stack.compose("restart", "db"), "database"),
-    "postgres backends terminated": (terminate_app_backends, None),
+CASES: dict[str, tuple[Fault, str | None]] = {
+    "postgres restarted": (restarted("db"), "database"),
+    "postgres backends terminated": (lambda stack, _: terminate_app_backends(stack), None),
     "postgres hung past the statement timeout": (paused("db", 6), "database"),
     "postgres cut off the network": (db_disconnected, "database"),
-    "redis restarted": (lambda stack: stack.compose("restart", "redis"), "redis"),
+    "redis restarted": (restarted("redis"), "redis"),
     "redis hung": (paused("redis", 4), "redis"),
 }
 
@@ -172,12 +189,16 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
         healthy_before = load.since(0)
         fault_started = time.monotonic()
         fault_over = threading.Event()
+        reported = threading.Event()  # /health/dependencies named the dependency
 
         # As a monitor and the kubelet poll them during the fault, each on its own
         # thread: a restart can be over in a second, so neither may wait for the other.
         def probe_dependencies() -> None:
             while not fault_over.is_set():
-                probes.append((time.monotonic(), *failing_dependencies(stack)))
+                probe = (time.monotonic(), *failing_dependencies(stack))
+                probes.append(probe)
+                if dependency in probe[2]:
+                    reported.set()
                 time.sleep(0.2)
 
         def probe_readiness() -> None:
@@ -191,7 +212,7 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
         ]
         for prober in probers:
             prober.start()
-        fault(stack)
+        fault(stack, reported)
         fault_ended = time.monotonic()
         fault_over.set()
         for prober in probers:
