@@ -60,7 +60,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "server": "uvicorn",
         "auth": "oidc",
     },
-    "uvicorn": {"server": "uvicorn"},
+    # With the background worker (off by default).
+    "uvicorn": {"server": "uvicorn", "use_worker": True},
 }
 
 
