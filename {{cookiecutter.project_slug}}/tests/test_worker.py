@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import cast
 
 import pytest
@@ -16,6 +17,7 @@ from {{ cookiecutter.package_name }}.worker import (
     QUEUE,
     PermanentJobError,
     RetryThenDeadLetter,
+    has_joined,
     replay_dead_letters,
 )
 from tests.plugins.worker import eventually, running_worker
@@ -151,3 +153,16 @@ async def test_a_retry_waits_its_delay_first(monkeypatch: pytest.MonkeyPatch) ->
     await retry.pre_execute(first)
     await retry.pre_execute(first.model_copy(update={"labels": labels}))
     assert waited == [3.5]
+
+
+async def test_the_health_check_finds_a_started_worker_only(
+    broker: RedisStreamBroker, settings: Settings
+) -> None:
+    assert await has_joined(broker, socket.gethostname()) is False  # no group yet
+    async with running_worker(settings) as worker:
+
+        async def joined() -> bool:
+            return await has_joined(worker, socket.gethostname())
+
+        await eventually(joined)
+        assert await has_joined(worker, "another-host") is False

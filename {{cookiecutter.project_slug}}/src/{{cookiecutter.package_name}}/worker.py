@@ -1,11 +1,10 @@
 """Background jobs: the broker both sides share, the worker process, the dead letters.
 
 ``python -m {{ cookiecutter.package_name }}.worker`` runs a worker (the compose service
-``worker``); ``python -m {{ cookiecutter.package_name }}.worker replay`` sends every dead
-letter back to the queue. Jobs are taskiq tasks declared on ``async_shared_broker``
-(see jobs.py{% if not cookiecutter.include_example_api %}, once there is one{% endif %}), so
-declaring one needs no settings; the app and the worker each build the real broker from
-theirs.
+``worker``); with ``replay`` it sends every dead letter back to the queue, with ``health``
+it is the container's health check. Jobs are taskiq tasks declared on
+``async_shared_broker`` (see jobs.py{% if not cookiecutter.include_example_api %}, once there is one{% endif %}), so declaring one needs no
+settings; the app and the worker each build the real broker from theirs.
 
 Delivery is at least once: a job is acknowledged only after it ran, and one whose worker
 died is handed to another after WORKER_REDELIVERY_SECONDS. A job must therefore be
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +24,9 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import (
     AsyncBroker,
     TaskiqEvents,
@@ -64,12 +67,13 @@ class PermanentJobError(Exception):
     """Raised by a job that retrying cannot help (bad input): dead-lettered at once."""
 
 
-def create_broker(settings: Settings) -> RedisStreamBroker:
+def create_broker(settings: Settings, consumer_name: str | None = None) -> RedisStreamBroker:
     """The broker on REDIS_URL. Connects on first use: building it needs no Redis."""
     broker = RedisStreamBroker(
         settings.redis_url,
         queue_name=QUEUE,
         consumer_group_name=CONSUMER_GROUP,
+        consumer_name=consumer_name,
         # The group reads the stream from its start, not from "now" (taskiq's default):
         # jobs enqueued before the first worker ever started are run too.
         consumer_id="0",
@@ -238,6 +242,16 @@ async def replay_dead_letters(broker: RedisStreamBroker) -> int:
     return replayed
 
 
+async def has_joined(broker: RedisStreamBroker, consumer: str) -> bool:
+    """Whether the consumer is in the group: its worker started and read from Redis."""
+    async with Redis(connection_pool=broker.connection_pool) as redis:
+        try:
+            consumers = await redis.xinfo_consumers(QUEUE, CONSUMER_GROUP)
+        except ResponseError:  # no stream or no group yet: no worker has started
+            return False
+    return any(entry["name"] == consumer.encode() for entry in consumers)
+
+
 async def open_worker_resources(state: TaskiqState) -> None:
     """What the jobs use, opened once per worker process (taskiq's worker startup)."""
     settings: Settings = state.settings
@@ -255,9 +269,13 @@ async def close_worker_resources(state: TaskiqState) -> None:
 
 
 def create_worker_broker(settings: Settings | None = None) -> AsyncBroker:
-    """The broker of a worker process: the app's, plus what the jobs use."""
+    """The broker of a worker process: the app's, plus what the jobs use.
+
+    It reads as the consumer named after the host (the container, the pod), which the
+    health check looks for.
+    """
     settings = settings or get_settings()
-    broker = create_broker(settings)
+    broker = create_broker(settings, consumer_name=socket.gethostname())
     broker.state.settings = settings
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, open_worker_resources)
     broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, close_worker_resources)
@@ -274,8 +292,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         replayed = asyncio.run(_replay(settings))
         logger.info("dead letters replayed", extra={"replayed": replayed})
         return
+    if arguments == ["health"]:
+        # The container's health check: Redis answers and this host's worker has joined.
+        sys.exit(0 if asyncio.run(_healthy(settings)) else 1)
     if arguments:
-        sys.exit(f"usage: python -m {__name__} [replay]")
+        sys.exit(f"usage: python -m {__name__} [replay | health]")
     # One process per container: scale with more containers (replicas), each stopped
     # on its own. On SIGTERM taskiq stops reading, lets the jobs in hand finish within
     # the grace period, and leaves what it did not finish unacknowledged.
@@ -290,6 +311,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutdown_timeout=settings.graceful_timeout_seconds - settings.request_grace_seconds,
         )
     )
+
+
+async def _healthy(settings: Settings) -> bool:
+    broker = create_broker(settings)
+    try:
+        return await has_joined(broker, socket.gethostname())
+    except (RedisConnectionError, RedisTimeoutError):
+        return False
+    finally:
+        await broker.shutdown()
 
 
 async def _replay(settings: Settings) -> int:
