@@ -56,6 +56,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_worker", True): (
         "src/{package}/worker.py",
         "tests/test_worker.py",
+        "tests/test_worker_process.py",
         "tests/plugins/worker.py",
         "src/{package}/jobs.py",
         "tests/test_jobs.py",

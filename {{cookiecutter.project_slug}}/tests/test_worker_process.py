@@ -50,10 +50,8 @@ def start_worker(settings: Settings, **environment: str) -> Iterator[subprocess.
     env = {
         **os.environ,
         "ENVIRONMENT": "test",
+        # The test Redis; the database the worker would open lazily is not used here.
         "REDIS_URL": settings.redis_url,
-{%- if cookiecutter.use_postgres %}
-        "DATABASE_URL": settings.database_url,
-{%- endif %}
         "LOG_LEVEL": "WARNING",
         **environment,
     }
