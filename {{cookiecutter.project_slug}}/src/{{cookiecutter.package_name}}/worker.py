@@ -78,11 +78,11 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
         # jobs enqueued before the first worker ever started are run too.
         consumer_id="0",
         xread_block=READ_BLOCK_MS,
-        # A worker takes only as many jobs as it runs at once: the rest stay in the
-        # stream for the other workers, and a stopping worker leaves none behind unread.
-        xread_count=settings.worker_concurrency,
+        # One job per read, read when a slot is free (max_prefetch=0 in main): a job a
+        # worker has read is pending on it, so a stopping worker leaves at most the one it
+        # read last for redelivery, and the queued jobs go to workers with free slots.
+        xread_count=1,
         idle_timeout=round(settings.worker_redelivery_seconds * 1000),
-        # Released by Redis if the worker holding it dies while reclaiming.
         # unacknowledged_lock_timeout stays unset: the lock is taken, used and released in
         # one MULTI transaction, so no crash can leave it held (and with a timeout set,
         # taskiq-redis 1.2.4's reclaim stalled the worker's reads in our tests).
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             modules=JOB_MODULES,
             configure_logging=False,
             max_async_tasks=settings.worker_concurrency,
-            max_prefetch=settings.worker_concurrency,
+            max_prefetch=0,
             wait_tasks_timeout=settings.request_grace_seconds,
             shutdown_timeout=settings.graceful_timeout_seconds - settings.request_grace_seconds,
         )
