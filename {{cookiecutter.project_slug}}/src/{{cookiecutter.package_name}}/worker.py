@@ -79,8 +79,9 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
         consumer_id="0",
         xread_block=READ_BLOCK_MS,
         # One job per read, read when a slot is free (max_prefetch=0 in main): a job a
-        # worker has read is pending on it, so a stopping worker leaves at most the one it
-        # read last for redelivery, and the queued jobs go to workers with free slots.
+        # worker has read is pending on it, so a stopping worker leaves for redelivery only
+        # the one it read last (and those it had just reclaimed from a dead worker, up to
+        # 100 a time), and the queued jobs go to workers with free slots.
         xread_count=1,
         idle_timeout=round(settings.worker_redelivery_seconds * 1000),
         # unacknowledged_lock_timeout stays unset: the lock is taken, used and released in
