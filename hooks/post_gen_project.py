@@ -52,7 +52,20 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_settings_cache.py",
         "tests/test_health_cache.py",
     ),
+    # The worker; its example job and that job's column come with the example API too.
+    ("use_worker", True): (
+        "src/{package}/worker.py",
+        "tests/test_worker.py",
+        "tests/test_worker_process.py",
+        "tests/plugins/worker.py",
+        "src/{package}/jobs.py",
+        "tests/test_jobs.py",
+        "migrations/versions/0003_items_processed_at.py",
+    ),
     ("include_example_api", True): (
+        "src/{package}/jobs.py",
+        "tests/test_jobs.py",
+        "migrations/versions/0003_items_processed_at.py",
         "src/{package}/api/items.py",
         "src/{package}/models.py",
         "migrations/versions/0001_create_items.py",

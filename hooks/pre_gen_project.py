@@ -68,6 +68,8 @@ DEPENDENCY_MODULES = frozenset(
         "ruff",
         "sqlalchemy",
         "starlette",
+        "taskiq",
+        "taskiq_redis",
         "tests",
         "uvicorn",
         "uvicorn_worker",
@@ -169,6 +171,10 @@ def validate_combination(context: Mapping[str, Any]) -> None:
         raise ValidationError(
             "include_example_api=true needs use_postgres=true: the example resource "
             "is stored in PostgreSQL."
+        )
+    if context["use_worker"] and not context["use_redis"]:
+        raise ValidationError(
+            "use_worker=true needs use_redis=true: the jobs are queued in a Redis stream."
         )
 
 

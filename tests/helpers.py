@@ -51,16 +51,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "no-redis": {"use_redis": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
-    # Also an import name that differs from the distribution name, and tokens verified
-    # by a uvicorn service whose only protected routes are its own.
+    # Also an import name that differs from the distribution name, tokens verified
+    # by a uvicorn service whose only protected routes are its own, and a worker with
+    # no job of its own (its suite, run by tests/test_service_suite.py, tests the worker).
     "no-example-api": {
         "include_example_api": False,
+        "use_worker": True,
         "package_name": "svc_core",
         "use_tracing": True,
         "server": "uvicorn",
         "auth": "oidc",
     },
-    "uvicorn": {"server": "uvicorn"},
+    # With the background worker (off by default).
+    "uvicorn": {"server": "uvicorn", "use_worker": True},
 }
 
 

@@ -40,6 +40,11 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
         re.IGNORECASE,
     ),
     "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
+    # "worker" alone names the web server's processes too.
+    "use_worker": re.compile(
+        r"taskiq|\bjobs\.py|dead.letter|processed_at|(?-i:\bWORKER_|\.worker\b)|background job",
+        re.IGNORECASE,
+    ),
     # The Dockerfile's dev stage exists only for the dev container.
     "use_devcontainer": re.compile(r"devcontainer|dev container|(?-i:\bAS dev\b)", re.IGNORECASE),
 }
@@ -183,6 +188,10 @@ def test_compose_services_match_the_options(variant: str) -> None:
     if context["use_redis"]:
         expected.add("redis")
         assert compose["services"]["redis"]["image"] == f"redis:{context['redis_version']}"
+    if context["use_worker"]:
+        expected.add("worker")
+        assert compose["services"]["worker"]["command"][-1].endswith(".worker")
+        assert compose["services"]["worker"]["read_only"] is True
     if context["auth"] == "oidc":
         expected.add("issuer")
         assert compose["services"]["issuer"]["profiles"] == ["dev-issuer"]

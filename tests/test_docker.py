@@ -61,18 +61,46 @@ def check_stack_started_in_order(stack: ComposeStack, context: dict[str, Any]) -
         )
 
 
-def check_manual_migration_commands(stack: ComposeStack) -> None:
+def check_manual_migration_commands(stack: ComposeStack, context: dict[str, Any]) -> None:
     """The README's by-hand migration commands work against the running stack."""
 
     def alembic(*args: str) -> str:
         result = stack.compose("run", "--rm", "--no-deps", "migrate", "alembic", *args)
         return result.stdout + result.stderr
 
-    assert "0002 (head)" in alembic("current")
+    head = "0003" if context["use_worker"] else "0002"  # the worker's processed_at
+    assert f"{head} (head)" in alembic("current")
     alembic("downgrade", "-1")
-    assert "0002" not in alembic("current")
+    assert head not in alembic("current")
     alembic("upgrade", "+1")
-    assert "0002 (head)" in alembic("current")
+    assert f"{head} (head)" in alembic("current")
+
+
+def check_worker_processes_a_job(stack: ComposeStack) -> None:
+    """The worker service runs the job POST /api/items enqueues, and logs it as JSON
+    with the job and the id of the request that enqueued it."""
+    import httpx
+
+    marker = f"e2e-job-{uuid.uuid4().hex[:8]}"
+    created = httpx.post(
+        stack.url("/api/items"), json={"name": "queued"}, headers={"X-Request-ID": marker}
+    )
+    assert created.status_code == 201, created.text
+    deadline = time.monotonic() + 60
+    while stack.get(f"/api/items/{created.json()['id']}").json()["processed_at"] is None:
+        assert time.monotonic() < deadline, f"job not done:\n{stack.logs_tail()}"
+        time.sleep(0.5)
+    worker = stack.inspect("worker")
+    assert worker["HostConfig"]["ReadonlyRootfs"] is True
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", worker["Config"]["User"])
+    logs = stack.compose("logs", "--no-color", "--no-log-prefix", "worker").stdout
+    lines = [json.loads(line) for line in logs.splitlines() if line.strip()]
+    # The other items this test created had jobs too, under other request ids.
+    done = [line for line in lines if line.get("request_id") == marker]
+    assert [(line["message"], line["job_name"]) for line in done][-1] == (
+        "job succeeded",
+        "process_item",
+    ), logs[-3000:]
 
 
 def check_app_logs_are_json_lines(stack: ComposeStack) -> None:
@@ -268,8 +296,10 @@ def test_compose_stack_end_to_end(
     check_stack_started_in_order(stack, context)
     check_health_endpoints(stack, context)
     if context["include_example_api"]:
-        check_manual_migration_commands(stack)
+        check_manual_migration_commands(stack, context)
         check_item_survives_app_restart(stack)
+    if context["use_worker"]:
+        check_worker_processes_a_job(stack)
     check_non_root_and_image_healthcheck(stack)
     check_app_logs_are_json_lines(stack)
     record_property("figure", f"{variant}: {check_runtime_image_is_lean(stack, context)}")

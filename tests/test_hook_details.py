@@ -45,6 +45,10 @@ from tests.test_hooks import git_repo
             "include_example_api=true needs use_postgres=true: the example resource "
             "is stored in PostgreSQL.",
         ),
+        (
+            {"use_worker": True, "use_redis": False},
+            "use_worker=true needs use_redis=true: the jobs are queued in a Redis stream.",
+        ),
     ],
 )
 def test_each_refusal_reads_as_written(answers: dict[str, object], message: str) -> None:

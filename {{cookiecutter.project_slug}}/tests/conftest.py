@@ -25,6 +25,9 @@ pytest_plugins = [
 {%- if cookiecutter.use_redis %}
     "tests.plugins.cache",
 {%- endif %}
+{%- if cookiecutter.use_worker %}
+    "tests.plugins.worker",
+{%- endif %}
 {%- if cookiecutter.auth == "oidc" %}
     "tests.plugins.auth",
 {%- endif %}

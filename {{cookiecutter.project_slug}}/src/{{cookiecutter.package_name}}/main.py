@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import {% if cookiecutter.auth == "oidc" %}auth, {% endif %}{% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.auth == "oidc" %}, metrics_auth{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}
+from {{ cookiecutter.package_name }} import {% if cookiecutter.auth == "oidc" %}auth, {% endif %}{% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.auth == "oidc" %}, metrics_auth{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}{% if cookiecutter.use_worker %}, worker{% endif %}
 from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
@@ -102,6 +102,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources.push_async_callback(redis.aclose)
         app.state.redis = redis
         app.state.dependency_probes["redis"] = partial(cache.ping, redis)
+{%- if cookiecutter.use_worker %}
+        # Only enqueues: the jobs run in the worker process (worker.py).
+        app.state.broker = worker.create_broker(settings)
+        resources.push_async_callback(app.state.broker.shutdown)
+{%- endif %}
 {%- if cookiecutter.use_tracing %}
         if tracer_provider is not None:
             resources.enter_context(tracing.instrumented(tracer_provider, RedisInstrumentor()))
@@ -177,6 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     dependencies.append(cache.FAILURES)
+{%- endif %}
+{%- if cookiecutter.use_worker %}
+    dependencies.append(worker.FAILURES)
 {%- endif %}
 {%- if cookiecutter.auth == "oidc" %}
     dependencies.append(auth.ISSUER)

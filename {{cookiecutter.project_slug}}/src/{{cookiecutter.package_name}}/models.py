@@ -23,3 +23,7 @@ class Item(Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+{%- if cookiecutter.use_worker %}
+    # Set by the background job that POST /items enqueues (jobs.py); None until it ran.
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+{%- endif %}

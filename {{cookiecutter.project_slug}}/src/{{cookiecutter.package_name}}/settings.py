@@ -102,6 +102,19 @@ class Settings(BaseSettings):
     # How long one Redis command may take.
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 {%- endif %}
+{%- if cookiecutter.use_worker %}
+    # Jobs one worker process runs at once (scale out with more worker processes).
+    worker_concurrency: int = Field(default=10, ge=1)
+    # A failing job runs at most this many times, then goes to the dead letters.
+    worker_max_attempts: int = Field(default=5, ge=1)
+    # The wait before a retry: this many seconds times the attempts so far (plus up to a
+    # second of jitter), at most worker_retry_max_delay_seconds.
+    worker_retry_delay_seconds: float = Field(default=2.0, ge=0)
+    worker_retry_max_delay_seconds: float = Field(default=60.0, ge=0)
+    # A job taken by a worker and not acknowledged for this long (its worker died) is
+    # handed to another one: longer than the longest job, or it would run twice at once.
+    worker_redelivery_seconds: float = Field(default=600.0, gt=0)
+{%- endif %}
 {%- if cookiecutter.auth == "oidc" %}
     # The OpenID Connect issuer whose access tokens this service accepts: the "iss" every
     # token must carry, and where discovery finds its keys. No default: a service names

@@ -11,7 +11,13 @@ from sqlalchemy import bindparam, delete, insert, select, update
 
 from {{ cookiecutter.package_name }}.db import ConnectionDep
 from {{ cookiecutter.package_name }}.errors import problem_responses
+{%- if cookiecutter.use_worker %}
+from {{ cookiecutter.package_name }}.jobs import process_item
+{%- endif %}
 from {{ cookiecutter.package_name }}.models import Item
+{%- if cookiecutter.use_worker %}
+from {{ cookiecutter.package_name }}.worker import BrokerDep
+{%- endif %}
 
 # Every route reads or writes the database: a 503 when it is down, besides the
 # statuses each route adds (422, 400, 413 and 500 are added for every route that can
@@ -43,6 +49,11 @@ class ItemOut(BaseModel):
     name: str
     description: str | None
     created_at: datetime
+{%- if cookiecutter.use_worker %}
+    processed_at: datetime | None = Field(
+        description="When the background job processed the item; null until then"
+    )
+{%- endif %}
 
 
 # Each route is one statement on an autocommit connection (db.ConnectionDep): one round
@@ -50,7 +61,7 @@ class ItemOut(BaseModel):
 # statements are built once, here: SQLAlchemy then reuses their compiled form and cache
 # key, and a request only binds its values. The ORM model gives the table and columns;
 # a handler that needs several statements in one transaction takes db.SessionDep.
-COLUMNS = (Item.id, Item.name, Item.description, Item.created_at)
+COLUMNS = (Item.id, Item.name, Item.description, Item.created_at{% if cookiecutter.use_worker %}, Item.processed_at{% endif %})
 SELECT_ONE = select(*COLUMNS).where(Item.id == bindparam("item_id"))
 SELECT_PAGE = (
     select(*COLUMNS).order_by(Item.id).limit(bindparam("limit")).offset(bindparam("offset"))
@@ -93,9 +104,21 @@ _ITEM_LINKS = {
     },
 )
 async def create_item(
-    payload: ItemIn, connection: ConnectionDep, request: Request, response: Response
+    payload: ItemIn,
+    connection: ConnectionDep,
+{%- if cookiecutter.use_worker %}
+    broker: BrokerDep,
+{%- endif %}
+    request: Request,
+    response: Response,
 ) -> ItemOut:
     row = (await connection.execute(INSERT, payload.model_dump())).one()
+{%- if cookiecutter.use_worker %}
+    # Enqueued only now: the autocommit INSERT is committed, so the job finds the row.
+    # Redis down: a 503 (cache.FAILURES), the item stays created and unprocessed; a
+    # client that retries creates a second one (see the README's "Background jobs").
+    await process_item.kicker().with_broker(broker).kiq(row.id)
+{%- endif %}
     response.headers["Location"] = request.app.url_path_for("get_item", item_id=str(row.id))
     return ItemOut.model_validate(row)
 

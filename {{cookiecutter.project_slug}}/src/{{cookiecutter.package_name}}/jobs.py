@@ -1,0 +1,51 @@
+"""The jobs the worker runs (worker.JOB_MODULES lists this module).
+
+Each is a taskiq task on ``async_shared_broker``; the caller picks the real broker:
+``await process_item.kicker().with_broker(broker).kiq(item_id)``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import bindparam, func, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from taskiq import Context, TaskiqDepends, async_shared_broker
+
+from {{ cookiecutter.package_name }}.models import Item
+
+logger = logging.getLogger(__name__)
+
+# Only an item not processed yet: a second run (a redelivery, a replay) changes nothing.
+MARK_PROCESSED = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.processed_at.is_(None))
+    .values(processed_at=func.now())
+    .returning(Item.id)
+)
+
+
+async def mark_processed(engine: AsyncEngine, item_id: int) -> bool:
+    """The example's work: set the item's processed_at; False when there was nothing to do."""
+    async with engine.begin() as connection:
+        row = (await connection.execute(MARK_PROCESSED, {"item_id": item_id})).first()
+    return row is not None
+
+
+def engine_of(context: Context = TaskiqDepends()) -> AsyncEngine:  # noqa: B008 (taskiq's form)
+    engine: AsyncEngine = context.state.engine  # opened by worker.open_worker_resources
+    return engine
+
+
+# A default, not an Annotated parameter: kiq() then takes item_id alone.
+WorkerEngine = TaskiqDepends(engine_of)
+
+
+@async_shared_broker.task(task_name="process_item")
+async def process_item(item_id: int, engine: AsyncEngine = WorkerEngine) -> None:
+    """Enqueued by POST /items once the item is committed."""
+    if await mark_processed(engine, item_id):
+        logger.info("item processed", extra={"item_id": item_id})
+    else:
+        # Processed already, or deleted since: both are done.
+        logger.info("item needed no processing", extra={"item_id": item_id})
