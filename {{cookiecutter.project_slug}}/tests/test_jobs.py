@@ -51,14 +51,17 @@ async def test_a_deleted_item_needs_no_processing(client: AsyncClient, app: Fast
 
 
 async def test_a_failed_enqueue_is_a_503_problem(client: AsyncClient, settings: Settings) -> None:
-    # `client` resets the database afterwards; this app's Redis is a closed port.
+    # `client` resets the database afterwards, and carries the token when the service
+    # authenticates callers; this app's Redis is a closed port.
     down = settings.model_copy(
         update={"redis_url": "redis://127.0.0.1:1/15", "redis_timeout_seconds": 1.0}
     )
     app = create_app(down)
     async with app.router.lifespan_context(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
-        async with AsyncClient(transport=transport, base_url="http://test") as http:
+        async with AsyncClient(
+            transport=transport, base_url="http://test", headers=client.headers
+        ) as http:
             response = await http.post("/api/items", json={"name": "widget"})
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
