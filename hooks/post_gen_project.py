@@ -82,6 +82,8 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_metrics_db.py",
         "src/{package}/metrics_auth.py",
         "tests/test_metrics_auth.py",
+        "src/{package}/metrics_rate_limit.py",
+        "tests/test_metrics_rate_limit.py",
     ),
     ("use_tracing", True): (
         "src/{package}/tracing.py",
@@ -97,9 +99,19 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/metrics_auth.py",
         "tests/test_metrics_auth.py",
         "tests/test_tracing_auth.py",
+        "src/{package}/rate_limit_auth.py",
+        "tests/test_rate_limit_auth.py",
         "dev-issuer",
     ),
     ("use_devcontainer", True): (".devcontainer",),
+    ("use_rate_limit", True): (
+        "src/{package}/rate_limit.py",
+        "tests/test_rate_limit.py",
+        "src/{package}/metrics_rate_limit.py",
+        "tests/test_metrics_rate_limit.py",
+        "src/{package}/rate_limit_auth.py",
+        "tests/test_rate_limit_auth.py",
+    ),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is

@@ -47,6 +47,7 @@ DEPENDENCY_MODULES = frozenset(
         "asyncpg",
         "click",
         "cryptography",
+        "deprecated",
         "dotenv",
         "greenlet",
         "h11",
@@ -56,6 +57,7 @@ DEPENDENCY_MODULES = frozenset(
         "gunicorn",
         "httpx",
         "joserfc",
+        "limits",
         "migrations",
         "mypy",
         "opentelemetry",
@@ -74,6 +76,7 @@ DEPENDENCY_MODULES = frozenset(
         "uvloop",
         "watchfiles",
         "websockets",
+        "wrapt",
         "yaml",
     }
 )
@@ -169,6 +172,11 @@ def validate_combination(context: Mapping[str, Any]) -> None:
         raise ValidationError(
             "include_example_api=true needs use_postgres=true: the example resource "
             "is stored in PostgreSQL."
+        )
+    if context["use_rate_limit"] and not context["use_redis"]:
+        raise ValidationError(
+            "use_rate_limit=true needs use_redis=true: the limits are counted in Redis, "
+            "shared by every worker and replica."
         )
 
 

@@ -27,6 +27,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all-off": {
         "use_postgres": False,
         "use_redis": False,
+        "use_rate_limit": False,
         "include_example_api": False,
         "use_kubernetes": False,
         "server": "uvicorn",
@@ -49,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "postgres_version": "18",
         "license": "BSD-3-Clause",
     },
-    "no-redis": {"use_redis": False},
+    "no-redis": {"use_redis": False, "use_rate_limit": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
     # Also an import name that differs from the distribution name, and tokens verified
     # by a uvicorn service whose only protected routes are its own.
@@ -60,7 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "server": "uvicorn",
         "auth": "oidc",
     },
-    "uvicorn": {"server": "uvicorn"},
+    # Redis without rate limits (uvicorn with them: no-example-api).
+    "uvicorn": {"server": "uvicorn", "use_rate_limit": False},
 }
 
 

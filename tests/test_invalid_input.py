@@ -33,6 +33,7 @@ INVALID = [
         {"use_postgres": "false", "include_example_api": "true"},
         "include_example_api=true needs use_postgres=true",
     ),
+    ({"use_redis": "false"}, "use_rate_limit=true needs use_redis=true"),
 ]
 
 

@@ -111,7 +111,12 @@ def test_a_baked_service_accepts_the_real_issuers_tokens(
 ) -> None:
     require_provider()
     project = bake(
-        tmp_path / "bake", auth="oidc", use_redis=False, ci="none", project_name="Issuer Check"
+        tmp_path / "bake",
+        auth="oidc",
+        use_redis=False,
+        use_rate_limit=False,
+        ci="none",
+        project_name="Issuer Check",
     )
     dev_issuer = project / "dev-issuer"
     (dev_issuer / "node_modules").symlink_to(PROVIDER_MODULES)
