@@ -60,6 +60,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_items.py",
         "tests/test_items_auth.py",
         "tests/test_migrations.py",
+        "tests/test_items_rate_limit.py",
     ),
     ("server", "gunicorn"): (
         "gunicorn.conf.py",
@@ -111,6 +112,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_metrics_rate_limit.py",
         "src/{package}/rate_limit_auth.py",
         "tests/test_rate_limit_auth.py",
+        "tests/test_items_rate_limit.py",
     ),
 }
 

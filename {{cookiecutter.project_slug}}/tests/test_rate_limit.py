@@ -198,6 +198,29 @@ async def test_while_redis_was_just_found_down_requests_do_not_wait_on_it(
     assert "RateLimit" not in (await client.get("/test/plain")).headers
 
 
+async def test_a_check_that_fails_slowly_is_not_tried_again_at_once(
+    app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung Redis fails a command only after its timeout: the next try is RECHECK_SECONDS
+    after that failure, not after the start of the attempt."""
+    clock = [1000.0]
+    tries: list[float] = []
+
+    async def hung(*_args: Any, **_kwargs: Any) -> bool:
+        tries.append(clock[0])
+        clock[0] += 5.0  # REDIS_TIMEOUT_SECONDS go by
+        raise RedisConnectionError("Timeout reading from socket")
+
+    monkeypatch.setattr(rate_limit, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(app.state.rate_limiter.window, "hit", hung)
+    await client.get("/test/plain")
+    await client.get("/test/plain")
+    assert tries == [1000.0]
+    clock[0] += rate_limit.RECHECK_SECONDS
+    await client.get("/test/plain")
+    assert len(tries) == 2
+
+
 async def test_a_route_that_fails_closed_answers_503_without_redis(
     client: AsyncClient, redis_down: list[bool]
 ) -> None:

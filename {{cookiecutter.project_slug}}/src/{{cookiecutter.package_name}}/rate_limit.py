@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from time import monotonic
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -148,9 +149,10 @@ class RateLimiter:
 
     async def _hit(self, quota: RateLimitItem, *identifiers: str) -> tuple[bool, int, int]:
         """Whether the request fits, then what is left and the seconds until more is."""
-        now = time.monotonic()
+        now = monotonic()
         if self.unavailable_since is not None and now < self.retry_at:
             raise RedisConnectionError("Redis was unavailable moments ago")
+        # Before the attempt too: requests meanwhile do not all wait on the same outage.
         self.retry_at = now + RECHECK_SECONDS
         allowed = await self.window.hit(quota, *identifiers)
         stats = await self.window.get_window_stats(quota, *identifiers)
@@ -168,8 +170,10 @@ class RateLimiter:
         return allowed, max(0, stats.remaining), reset
 
     def _unavailable(self, error: BaseException) -> None:
+        # From now: a command to a hung Redis fails only after REDIS_TIMEOUT_SECONDS.
+        self.retry_at = monotonic() + RECHECK_SECONDS
         if self.unavailable_since is None:
-            self.unavailable_since = time.monotonic()
+            self.unavailable_since = monotonic()
             # Once per episode: every request of the outage would say the same.
             logger.warning(
                 "rate limits are not checked while Redis is unavailable; "
