@@ -90,6 +90,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
         "tests/test_tracing_auth.py",
+        "tests/test_tracing_rate_limit.py",
     ),
     ("auth", "oidc"): (
         "src/{package}/auth.py",
@@ -113,6 +114,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/rate_limit_auth.py",
         "tests/test_rate_limit_auth.py",
         "tests/test_items_rate_limit.py",
+        "tests/test_tracing_rate_limit.py",
     ),
 }
 
