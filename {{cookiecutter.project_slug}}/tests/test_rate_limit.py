@@ -233,6 +233,17 @@ async def test_a_route_that_fails_closed_answers_503_without_redis(
     assert (await client.get("/test/closed")).status_code == 200
 
 
+async def test_browser_code_may_read_the_fields(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://app.example"]}))
+    app.add_api_route("/test/plain", plain)
+    async with app.router.lifespan_context(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            answer = await http.get("/test/plain", headers={"Origin": "https://app.example"})
+    exposed = {name.strip() for name in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"RateLimit", "RateLimit-Policy", "Retry-After"} <= exposed
+
+
 def test_openapi_documents_the_429_and_the_fields(app: FastAPI) -> None:
     operation = app.openapi()["paths"]["/test/plain"]["get"]
     assert operation["responses"]["429"]["content"]["application/problem+json"]
