@@ -118,6 +118,34 @@ async def test_a_route_with_its_own_policy_has_its_own_count(client: AsyncClient
     assert answers[0].headers["RateLimit"].startswith('"strict";r=1;')
 
 
+def first_twin() -> Any:
+    @rate_limit.limit("1/minute")
+    async def twin() -> dict[str, str]:
+        return {}
+
+    return twin
+
+
+def second_twin() -> Any:
+    @rate_limit.limit("1/minute")
+    async def twin() -> dict[str, str]:
+        return {}
+
+    return twin
+
+
+async def test_endpoints_of_one_name_in_two_places_have_their_own_counts(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    app.add_api_route("/test/twin/1", first_twin())
+    app.add_api_route("/test/twin/2", second_twin())
+    assert (await client.get("/test/twin/1")).status_code == 200
+    second = await client.get("/test/twin/2")
+    assert second.status_code == 200
+    assert second.headers["RateLimit-Policy"] == '"twin";q=1;w=60'
+    assert (await client.get("/test/twin/1")).status_code == 429
+
+
 async def test_probes_are_never_limited(client: AsyncClient) -> None:
     for _ in range(LIMIT + 2):
         answer = await client.get("/health/live")

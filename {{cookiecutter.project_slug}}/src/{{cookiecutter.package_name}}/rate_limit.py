@@ -60,9 +60,11 @@ UNMATCHED_ROUTE = "unmatched"
 
 @dataclass(frozen=True)
 class Policy:
-    """A route's limit: ``rate`` None is RATE_LIMIT_DEFAULT."""
+    """A route's limit: ``rate`` None is RATE_LIMIT_DEFAULT. ``name`` is what clients see,
+    ``count`` names its count in Redis (two modules may each have a ``list_orders``)."""
 
     name: str
+    count: str
     rate: RateLimitItem | None = None
     fail_closed: bool = False
 
@@ -80,7 +82,8 @@ def limit(rate: str | None = None, *, fail_closed: bool = False) -> Callable[[En
     parsed = parse(rate) if rate is not None else None
 
     def decorate(endpoint: Endpoint) -> Endpoint:
-        _POLICIES[endpoint] = Policy(endpoint.__name__, parsed, fail_closed)
+        count = f"{endpoint.__module__}.{endpoint.__qualname__}"
+        _POLICIES[endpoint] = Policy(endpoint.__name__, count, parsed, fail_closed)
         return endpoint
 
     return decorate
@@ -110,7 +113,7 @@ class RateLimiter:
             key_prefix=KEY_PREFIX,
         )
         self.window = MovingWindowRateLimiter(storage)
-        self.default = Policy(DEFAULT_POLICY)
+        self.default = Policy(DEFAULT_POLICY, DEFAULT_POLICY)
         self.default_rate = parse(default)
         # Told the route and "allowed", "limited" or "unchecked" (Redis unavailable).
         self.on_decision = on_decision
@@ -128,7 +131,7 @@ class RateLimiter:
         headers["RateLimit-Policy"] = f'"{policy.name}";q={quota.amount};w={quota.get_expiry()}'
         key = f"subject:{subject}" if subject is not None else f"address:{client_address(request)}"
         try:
-            allowed, remaining, reset = await self._hit(quota, policy.name, key)
+            allowed, remaining, reset = await self._hit(quota, policy.count, key)
         except Exception as error:
             if not is_unavailable(error):
                 raise
