@@ -753,8 +753,15 @@ def authenticated_read(result: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     options = result["options"]
-    shown = ["python_version", "use_postgres", "use_redis", "include_example_api", "server"]
-    shown.append("auth")
+    shown = [
+        "python_version",
+        "use_postgres",
+        "use_redis",
+        "use_rate_limit",
+        "include_example_api",
+        "server",
+        "auth",
+    ]
     shown += sorted(set(options) - set(context_of()))  # options added after this harness
     chosen = ", ".join(f"{key}={options[key]}" for key in shown)
     machine, versions, params = result["machine"], result["versions"], result["parameters"]

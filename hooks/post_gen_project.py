@@ -73,6 +73,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_items.py",
         "tests/test_items_auth.py",
         "tests/test_migrations.py",
+        "tests/test_items_rate_limit.py",
     ),
     ("server", "gunicorn"): (
         "gunicorn.conf.py",
@@ -95,11 +96,14 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_metrics_db.py",
         "src/{package}/metrics_auth.py",
         "tests/test_metrics_auth.py",
+        "src/{package}/metrics_rate_limit.py",
+        "tests/test_metrics_rate_limit.py",
     ),
     ("use_tracing", True): (
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
         "tests/test_tracing_auth.py",
+        "tests/test_tracing_rate_limit.py",
     ),
     ("auth", "oidc"): (
         "src/{package}/auth.py",
@@ -110,9 +114,21 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/metrics_auth.py",
         "tests/test_metrics_auth.py",
         "tests/test_tracing_auth.py",
+        "src/{package}/rate_limit_auth.py",
+        "tests/test_rate_limit_auth.py",
         "dev-issuer",
     ),
     ("use_devcontainer", True): (".devcontainer",),
+    ("use_rate_limit", True): (
+        "src/{package}/rate_limit.py",
+        "tests/test_rate_limit.py",
+        "src/{package}/metrics_rate_limit.py",
+        "tests/test_metrics_rate_limit.py",
+        "src/{package}/rate_limit_auth.py",
+        "tests/test_rate_limit_auth.py",
+        "tests/test_items_rate_limit.py",
+        "tests/test_tracing_rate_limit.py",
+    ),
 }
 
 # Placeholders in .env.example that must never reach a running service; each is

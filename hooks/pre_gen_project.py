@@ -47,6 +47,7 @@ DEPENDENCY_MODULES = frozenset(
         "asyncpg",
         "click",
         "cryptography",
+        "deprecated",
         "dotenv",
         "greenlet",
         "h11",
@@ -56,6 +57,7 @@ DEPENDENCY_MODULES = frozenset(
         "gunicorn",
         "httpx",
         "joserfc",
+        "limits",
         "migrations",
         "mypy",
         "opentelemetry",
@@ -76,6 +78,7 @@ DEPENDENCY_MODULES = frozenset(
         "uvloop",
         "watchfiles",
         "websockets",
+        "wrapt",
         "yaml",
     }
 )
@@ -175,6 +178,11 @@ def validate_combination(context: Mapping[str, Any]) -> None:
     if context["use_worker"] and not context["use_redis"]:
         raise ValidationError(
             "use_worker=true needs use_redis=true: the jobs are queued in a Redis stream."
+        )
+    if context["use_rate_limit"] and not context["use_redis"]:
+        raise ValidationError(
+            "use_rate_limit=true needs use_redis=true: the limits are counted in Redis, "
+            "shared by every worker and replica."
         )
 
 

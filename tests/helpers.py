@@ -27,6 +27,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "all-off": {
         "use_postgres": False,
         "use_redis": False,
+        "use_rate_limit": False,
         "include_example_api": False,
         "use_kubernetes": False,
         "server": "uvicorn",
@@ -49,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "postgres_version": "18",
         "license": "BSD-3-Clause",
     },
-    "no-redis": {"use_redis": False},
+    "no-redis": {"use_redis": False, "use_rate_limit": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
     # Also an import name that differs from the distribution name, tokens verified
     # by a uvicorn service whose only protected routes are its own, and a worker with
@@ -62,8 +63,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "server": "uvicorn",
         "auth": "oidc",
     },
-    # With the background worker (off by default).
-    "uvicorn": {"server": "uvicorn", "use_worker": True},
+    # With the background worker (off by default), and Redis without rate limits
+    # (uvicorn with them: no-example-api).
+    "uvicorn": {"server": "uvicorn", "use_worker": True, "use_rate_limit": False},
 }
 
 

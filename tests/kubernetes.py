@@ -28,10 +28,11 @@ OVERLAYS = ("local", "production")
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "default": {},
     "no-postgres": {"use_postgres": False, "include_example_api": False},
-    "no-redis": {"use_redis": False},
+    "no-redis": {"use_redis": False, "use_rate_limit": False},
     "all-off": {
         "use_postgres": False,
         "use_redis": False,
+        "use_rate_limit": False,
         "include_example_api": False,
         "use_metrics": False,
     },

@@ -39,6 +39,8 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
         r"|trace_id|span_id",
         re.IGNORECASE,
     ),
+    # pyrate-limiter is a dependency of Schemathesis.
+    "use_rate_limit": re.compile(r"(?<!py)rate[ _-]?limit|\blimits\b[<>=]", re.IGNORECASE),
     "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
     # "worker" alone names the web server's processes too.
     "use_worker": re.compile(

@@ -38,9 +38,14 @@ DEVCONTAINER_CLI = TEMPLATE_DIR / ".ci" / ".tools" / "node_modules" / "@devconta
 # Every shape of backing services the dev container can start with.
 SHAPES = {
     "default": {},
-    "no-redis": {"use_redis": False},
+    "no-redis": {"use_redis": False, "use_rate_limit": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False},
-    "no-services": {"use_postgres": False, "use_redis": False, "include_example_api": False},
+    "no-services": {
+        "use_postgres": False,
+        "use_redis": False,
+        "use_rate_limit": False,
+        "include_example_api": False,
+    },
 }
 # The uid of a developer's first account, and of the image's dev user.
 DEVELOPER_UID = 1000

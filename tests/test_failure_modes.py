@@ -11,7 +11,9 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -239,6 +241,90 @@ def test_losing_redis_degrades_to_503_and_recovers(
         "figure",
         f"without Redis: /health/dependencies 503 in {timings['reported']:.2f} s, "
         f"back to 200 {timings['recovered']:.1f} s after it started",
+    )
+
+
+# --- rate limits across processes (use_rate_limit) ------------------------------------------
+
+RATE_LIMIT = 20
+# The limiter's one WARNING per outage, per worker process.
+UNCHECKED = "rate limits are not checked while Redis is unavailable"
+
+
+@pytest.fixture
+def two_containers(stack: ComposeStack) -> Iterator[list[str]]:
+    """The stack's app as two containers of two workers each at RATE_LIMIT a minute, on the
+    stack's one Redis; their URLs. Afterwards one container at the former limit again."""
+    former = stack.dotenv()["RATE_LIMIT_DEFAULT"]
+    scale = ["up", "--detach", "--wait", "--no-deps", "--scale"]
+    stack.set_env_file("RATE_LIMIT_DEFAULT", f"{RATE_LIMIT}/minute")
+    try:
+        stack.compose(*scale, "app=2", "app")
+        ports = [
+            stack.compose("port", "--index", str(index), "app", "8000").stdout.strip()
+            for index in (1, 2)
+        ]
+        yield [f"http://127.0.0.1:{port.rsplit(':', 1)[1]}" for port in ports]
+    finally:
+        stack.set_env_file("RATE_LIMIT_DEFAULT", former)
+        stack.compose(*scale, "app=1", "app")
+
+
+@pytest.mark.docker
+@GROUP
+def test_one_client_gets_the_limit_in_total_across_containers_and_workers(
+    two_containers: list[str], record_property: Callable[[str, object], None]
+) -> None:
+    """Four processes, one count: N in the window, not N per process (4 N)."""
+    statuses: dict[str, list[int]] = {url: [] for url in two_containers}
+
+    def call(index: int) -> None:
+        url = two_containers[index % 2]
+        # A connection per request, so each container's workers share the requests.
+        statuses[url].append(httpx.get(f"{url}/api/items", timeout=10).status_code)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(call, range(4 * RATE_LIMIT)))
+    every = [status for answers in statuses.values() for status in answers]
+    assert sorted(set(every)) == [200, 429]
+    assert every.count(200) == RATE_LIMIT, {url: Counter(a) for url, a in statuses.items()}
+    assert all(429 in answers for answers in statuses.values())
+    refused = httpx.get(f"{two_containers[0]}/api/items", timeout=10)
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["RateLimit-Policy"] == f'"default";q={RATE_LIMIT};w=60'
+    record_property(
+        "figure",
+        "rate limit across 2 containers x 2 workers: "
+        + ", ".join(f"{Counter(a)[200]} of {len(a)} allowed" for a in statuses.values()),
+    )
+
+
+@pytest.mark.docker
+@GROUP
+def test_rate_limited_routes_answer_while_redis_is_paused(
+    stack: ComposeStack, record_property: Callable[[str, object], None]
+) -> None:
+    """Fail-open: a paused Redis (every command times out) costs time, not answers; each
+    worker warns once for the outage, and the limits come back with Redis."""
+    since = stack.compose("exec", "-T", "app", "date", "-u", "+%Y-%m-%dT%H:%M:%SZ").stdout.strip()
+    stack.compose("pause", "redis")
+    try:
+        started = time.monotonic()
+        answers = [stack.get("/api/items", timeout=30) for _ in range(6)]
+        elapsed = time.monotonic() - started
+    finally:
+        stack.compose("unpause", "redis")
+    assert [answer.status_code for answer in answers] == [200] * 6
+    assert all("RateLimit" not in answer.headers for answer in answers)
+    logs = stack.compose("logs", "--no-color", "--since", since, "app").stdout
+    warnings = logs.count(UNCHECKED)
+    assert 1 <= warnings <= 2, logs  # one per worker that met the outage, never per request
+    back = wait_for(lambda: "RateLimit" in stack.get("/api/items").headers, 30, "limits back")
+    record_property(
+        "figure",
+        f"Redis paused: 6 requests answered 200 unchecked in {elapsed:.1f} s, "
+        f"{warnings} warning(s); checked again {back:.1f} s after unpause",
     )
 
 

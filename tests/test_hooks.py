@@ -73,6 +73,13 @@ def test_example_api_without_postgres_is_refused() -> None:
         pre.validate(context_of(use_postgres=False, include_example_api=True))
 
 
+def test_rate_limits_without_redis_are_refused() -> None:
+    with pytest.raises(pre.ValidationError, match="use_rate_limit=true needs use_redis=true"):
+        pre.validate(context_of(use_redis=False))
+    pre.validate(context_of(use_redis=False, use_rate_limit=False))
+    pre.validate(context_of(use_rate_limit=False))
+
+
 def test_a_slug_that_leaves_no_room_for_the_migration_jobs_tag_is_refused() -> None:
     longest = 63 - len("-migrate-") - pre.RELEASE_TAG_ROOM
     pre.validate(context_of(project_slug="a" * longest))

@@ -34,6 +34,7 @@ INVALID = [
         "include_example_api=true needs use_postgres=true",
     ),
     ({"use_redis": "false", "use_worker": "true"}, "use_worker=true needs use_redis=true"),
+    ({"use_redis": "false"}, "use_rate_limit=true needs use_redis=true"),
 ]
 
 

@@ -133,6 +133,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("bake"),
         auth="oidc",
         use_redis=False,
+        use_rate_limit=False,
         ci="none",
         project_name="Issuer Check",
     )

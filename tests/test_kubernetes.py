@@ -225,7 +225,12 @@ def test_the_longest_slug_allowed_names_a_job_that_fits(
 ) -> None:
     """The hook keeps room for a 16-character release tag in the migration Job's name."""
     slug = "a" * (JOB_NAME_LIMIT - len("-migrate-") - RELEASE_TAG_ROOM)
-    project = bake(tmp_path_factory.mktemp("long-slug"), project_slug=slug, use_redis=False)
+    project = bake(
+        tmp_path_factory.mktemp("long-slug"),
+        project_slug=slug,
+        use_redis=False,
+        use_rate_limit=False,
+    )
     tag = "10.20.30-rc.1234"
     assert len(tag) == RELEASE_TAG_ROOM
     docs = [

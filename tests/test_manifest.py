@@ -71,7 +71,7 @@ PYTHON_WITH_CONDITIONALS = {
     f"src/{PACKAGE_DIR}/uvicorn_server.py",
     # gunicorn's own configuration: the metrics hooks of the master process.
     "gunicorn.conf.py",
-    # The API's router registry: the example resource's router.
+    # The API's router registry: the example resource's router (and its rate policies).
     f"src/{PACKAGE_DIR}/api/__init__.py",
     # Alembic's registry of models: the example resource's table.
     "migrations/env.py",

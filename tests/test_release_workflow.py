@@ -45,7 +45,7 @@ FAKE_VERSION = "1.2.3"
 # The bakes these tests read: GitHub with and without Kubernetes, and GitLab.
 BAKES: dict[str, dict[str, Any]] = {
     "github": {},
-    "github-no-kubernetes": {"use_kubernetes": False, "use_redis": False},
+    "github-no-kubernetes": {"use_kubernetes": False, "use_redis": False, "use_rate_limit": False},
     "github-no-postgres": {"use_postgres": False, "include_example_api": False},
     "gitlab": {"ci": "gitlab"},
     "gitlab-no-kubernetes": {"ci": "gitlab", "use_kubernetes": False},

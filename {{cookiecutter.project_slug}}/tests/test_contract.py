@@ -46,7 +46,13 @@ def api_schema(
 ) -> Iterator[OpenApiSchema]:
     """The schema of an app of its own: Schemathesis runs it, with its lifespan, in its
     own event loop. ``client`` is only asked for so its teardown empties the tables."""
+{%- if cookiecutter.use_rate_limit %}
+    # Hundreds of requests from one client: at the default limit the search would end in
+    # 429s (answers it checks all the same). The limit's own tests are test_rate_limit.py.
+    app: FastAPI = create_app(settings.model_copy(update={"rate_limit_default": "100000/minute"}))
+{%- else %}
     app: FastAPI = create_app(settings)
+{%- endif %}
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     if client_headers:
         # The test client's credentials on every generated request, except those where

@@ -351,7 +351,7 @@ async def authenticate(
             headers={"WWW-Authenticate": challenge()},
         )
     try:
-        caller = await verifier.verify(credentials.credentials)
+        caller = await verified(request, credentials.credentials)
     except Rejected as rejected:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -377,6 +377,29 @@ async def authenticate(
                 )
             },
         )
+    return caller
+
+
+# This request's verified token (a Caller, or the Rejected it raised), in its state: a
+# dependency that asks for the caller before the route's own check (a per-caller limit)
+# and the check share one verification, and a refusal is counted once.
+VERIFIED = "verified_token"
+
+
+async def verified(request: Request, token: str) -> Caller:
+    """The caller ``token`` speaks for, verified at most once per request."""
+    state = request.scope.setdefault("state", {})
+    outcome = state.get(VERIFIED)
+    if outcome is None:
+        verifier: Verifier = request.app.state.verifier
+        try:
+            outcome = await verifier.verify(token)
+        except Rejected as rejected:
+            outcome = rejected
+        state[VERIFIED] = outcome
+    if isinstance(outcome, Rejected):
+        raise outcome
+    caller: Caller = outcome
     return caller
 
 

@@ -27,7 +27,42 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 {%- endif %}
 
-from {{ cookiecutter.package_name }} import {% if cookiecutter.auth == "oidc" %}auth, {% endif %}{% if cookiecutter.use_redis %}cache, {% endif %}{% if cookiecutter.use_postgres %}db, {% endif %}health{% if cookiecutter.use_metrics %}, metrics{% endif %}{% if cookiecutter.use_metrics and cookiecutter.auth == "oidc" %}, metrics_auth{% endif %}{% if cookiecutter.use_metrics and cookiecutter.use_postgres %}, metrics_db{% endif %}{% if cookiecutter.use_tracing %}, tracing{% endif %}{% if cookiecutter.use_worker %}, worker{% endif %}
+from {{ cookiecutter.package_name }} import (
+{%- if cookiecutter.auth == "oidc" %}
+    auth,
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    cache,
+{%- endif %}
+{%- if cookiecutter.use_postgres %}
+    db,
+{%- endif %}
+    health,
+{%- if cookiecutter.use_metrics %}
+    metrics,
+{%- endif %}
+{%- if cookiecutter.use_metrics and cookiecutter.auth == "oidc" %}
+    metrics_auth,
+{%- endif %}
+{%- if cookiecutter.use_metrics and cookiecutter.use_postgres %}
+    metrics_db,
+{%- endif %}
+{%- if cookiecutter.use_metrics and cookiecutter.use_rate_limit %}
+    metrics_rate_limit,
+{%- endif %}
+{%- if cookiecutter.use_rate_limit %}
+    rate_limit,
+{%- endif %}
+{%- if cookiecutter.use_rate_limit and cookiecutter.auth == "oidc" %}
+    rate_limit_auth,
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+    tracing,
+{%- endif %}
+{%- if cookiecutter.use_worker %}
+    worker,
+{%- endif %}
+)
 from {{ cookiecutter.package_name }}.access_log import install_access_log
 from {{ cookiecutter.package_name }}.api import api_router
 from {{ cookiecutter.package_name }}.body_limit import BodySizeLimitMiddleware
@@ -106,6 +141,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Only enqueues: the jobs run in the worker process (worker.py).
         app.state.broker = worker.create_broker(settings)
         resources.push_async_callback(app.state.broker.shutdown)
+{%- endif %}
+{%- if cookiecutter.use_rate_limit %}
+        app.state.rate_limiter = rate_limit.RateLimiter(
+            redis,
+            settings.rate_limit_default,
+{%- if cookiecutter.use_metrics %}
+            on_decision=metrics_rate_limit.count_decision,
+{%- endif %}
+        )
 {%- endif %}
 {%- if cookiecutter.use_tracing %}
         if tracer_provider is not None:
@@ -204,6 +248,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     probe_paths.append(metrics.PATH)
 {%- endif %}
     install_access_log(app, probe_paths=probe_paths, log_probes=settings.access_log_probes)
+{%- if cookiecutter.use_rate_limit %}
+    # Every route included below is limited (the probes' paths excepted); its fields are
+    # added outside the error handling, so a problem answer carries them too.
+    rate_limit.install(app, exempt=probe_paths{% if cookiecutter.auth == "oidc" %}, subject=rate_limit_auth.subject{% endif %})
+{%- endif %}
     if settings.cors_origins:
         # Outside the rest, so every response, the error responses built inside
         # included, carries the CORS headers a browser needs to let the page read it.
@@ -213,7 +262,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
             # Lets browser code read the id to quote in a bug report.
-            expose_headers=["X-Request-ID"],
+            expose_headers=["X-Request-ID"{% if cookiecutter.use_rate_limit %}, "RateLimit", "RateLimit-Policy", "Retry-After"{% endif %}],
         )
     # Outermost: the preflight answers CORS gives by itself carry an id too.
     app.add_middleware(RequestIdMiddleware)

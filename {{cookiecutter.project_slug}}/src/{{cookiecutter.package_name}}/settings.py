@@ -10,6 +10,9 @@ from urllib.parse import unquote, urlsplit
 from urllib.parse import urlsplit
 {%- endif %}
 
+{% if cookiecutter.use_rate_limit -%}
+from limits import parse_many
+{% endif -%}
 from pydantic import (
     Field,
     ValidationError,{% if cookiecutter.auth == "oidc" or cookiecutter.use_postgres %}
@@ -101,6 +104,11 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
     # How long one Redis command may take.
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
+{%- if cookiecutter.use_rate_limit %}
+    # Each caller's requests per route (rate_limit.py): "<count>/<second|minute|hour|day>",
+    # or "<count> per <n> <unit>"; a route may name its own with rate_limit.limit().
+    rate_limit_default: str = "100/minute"
+{%- endif %}
 {%- endif %}
 {%- if cookiecutter.use_worker %}
     # Jobs one worker process runs at once (scale out with more worker processes).
@@ -233,6 +241,20 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a Redis URL: redis://host:6379/0")
         return value
+{%- if cookiecutter.use_rate_limit %}
+
+    @field_validator("rate_limit_default")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        # One rate: the limits library would otherwise take the first of "1/second;5/minute".
+        try:
+            rates = parse_many(value)
+        except ValueError:
+            rates = []
+        if len(rates) != 1:
+            raise ValueError("must be one rate such as 100/minute or 10 per 30 seconds")
+        return value
+{%- endif %}
 {%- endif %}
 
 {%- if cookiecutter.use_postgres or cookiecutter.use_redis %}

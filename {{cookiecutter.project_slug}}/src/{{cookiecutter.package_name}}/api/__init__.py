@@ -10,6 +10,9 @@ from {{ cookiecutter.package_name }}.api import items
 from {{ cookiecutter.package_name }}.auth import require
 from {{ cookiecutter.package_name }}.errors import problem_responses
 {%- endif %}
+{%- if cookiecutter.use_rate_limit %}
+from {{ cookiecutter.package_name }}.rate_limit import limit
+{%- endif %}
 {%- endif %}
 
 api_router = APIRouter(prefix="/api")
@@ -26,5 +29,13 @@ api_router.include_router(
 {%- else %}
 api_router.include_router(items.reads)
 api_router.include_router(items.writes)
+{%- endif %}
+{%- if cookiecutter.use_rate_limit %}
+
+# Each write has a policy of its own: the default quota, its own count per caller, and
+# 503 while Redis is unavailable, rather than writes nobody counts (reads stay open). On
+# an endpoint of your own it is a decorator: @limit("10/minute"), @limit(fail_closed=True).
+for write in (items.create_item, items.update_item, items.delete_item):
+    limit(fail_closed=True)(write)
 {%- endif %}
 {%- endif %}
