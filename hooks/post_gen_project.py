@@ -44,6 +44,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_migration_env.py",
         "src/{package}/schema_gate.py",
         "tests/test_schema_gate.py",
+        "tests/test_tracing_db.py",
     ),
     ("use_redis", True): (
         "src/{package}/cache.py",
@@ -103,6 +104,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
         "tests/test_tracing_auth.py",
+        "tests/test_tracing_db.py",
         "tests/test_tracing_rate_limit.py",
     ),
     ("auth", "oidc"): (

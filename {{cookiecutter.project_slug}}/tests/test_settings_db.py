@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.database_url import asyncpg_dsn
-from {{ cookiecutter.package_name }}.db import create_engine
+from {{ cookiecutter.package_name }}.db import create_engine, engine_url
 from {{ cookiecutter.package_name }}.settings import Settings, describe
 
 
@@ -261,3 +261,19 @@ def test_a_refused_database_url_says_why(url: str, message: str) -> None:
 )
 def test_edge_cases_of_a_database_url(url: str, dsn: str) -> None:
     assert asyncpg_dsn(url) == dsn
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://app:s%40cret@db:6432/billing?sslmode=require", "app@db:6432/billing"),
+        ("postgresql://db/billing", "db/billing"),
+        ("postgresql://u:p@h1,h2:5433/db", ""),
+        ("postgresql://u:p@/db?host=/cloudsql/x", ""),
+        ("postgresql://u:p@h/db?dbname=other", ""),
+    ],
+)
+def test_the_engine_url_names_the_database_never_the_password(dsn: str, shown: str) -> None:
+    """What SQLAlchemy shows (its repr, the spans' server address and database name)."""
+    url = engine_url(dsn)
+    assert url.render_as_string(hide_password=False) == f"postgresql+asyncpg://{shown}"

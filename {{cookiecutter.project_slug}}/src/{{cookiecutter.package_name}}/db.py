@@ -19,11 +19,12 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import CursorResult, Executable, event, text
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -83,9 +84,33 @@ class Base(DeclarativeBase):
     """Base class of every ORM model; Alembic reads its metadata."""
 
 
-# The engine's URL names only the dialect: asyncpg gets DATABASE_URL as its DSN (in
-# connect_args) and parses it itself, libpq options and all (database_url.py).
-DIALECT_URL = "postgresql+asyncpg://"
+DIALECT = "postgresql+asyncpg"
+# Query options that name where or as whom to connect: the DSN alone then says it.
+CONNECTION_TARGET_OPTIONS = frozenset({"host", "port", "user", "dbname", "database", "service"})
+
+
+def engine_url(dsn: str) -> URL:
+    """The URL SQLAlchemy is given: what it shows of the database, never how to connect.
+
+    asyncpg gets DATABASE_URL itself as its DSN (connect_args) and parses it, libpq options
+    and all (database_url.py). This URL repeats only the user, host, port and database of
+    a one-host DSN, which asyncpg then receives again as the same values: they name the
+    database in the engine's repr and in the spans of tracing (server address, database
+    name). Never the password or the options. Several hosts, or a socket directory in the
+    query: the dialect alone.
+    """
+    parts = urlsplit(dsn)
+    hosts = parts.netloc.rpartition("@")[2]
+    named_in_query = {key for key, _ in parse_qsl(parts.query)} & CONNECTION_TARGET_OPTIONS
+    if not parts.hostname or "," in hosts or named_in_query:
+        return URL.create(DIALECT)
+    return URL.create(
+        DIALECT,
+        username=unquote(parts.username) if parts.username else None,
+        host=parts.hostname,
+        port=parts.port,
+        database=unquote(parts.path.removeprefix("/")) or None,
+    )
 
 
 def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
@@ -119,7 +144,7 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         "hide_parameters": True,
     }
     options.update(overrides)
-    engine = create_async_engine(DIALECT_URL, **options)
+    engine = create_async_engine(engine_url(settings.database_dsn), **options)
     event.listen(engine.sync_engine, "checkout", _discard_closed_connections)
     event.listen(engine.sync_engine, "handle_error", _replace_the_pool_after_a_silent_server)
     event.listen(engine.sync_engine, "invalidate", _note_a_statement_left_running)
@@ -136,7 +161,7 @@ def create_migration_engine(settings: Settings) -> AsyncEngine:
     starts) is tried again by the caller, within its overall wait.
     """
     return create_async_engine(
-        DIALECT_URL,
+        engine_url(settings.migration_dsn),
         poolclass=NullPool,
         # As the app's engine: a failed statement's values stay out of the log.
         hide_parameters=True,
