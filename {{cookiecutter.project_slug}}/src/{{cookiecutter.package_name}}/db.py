@@ -95,8 +95,8 @@ def engine_url(dsn: str) -> URL:
     asyncpg gets DATABASE_URL itself as its DSN (connect_args) and parses it, libpq options
     and all (database_url.py). This URL repeats only the user, host, port and database of
     a one-host DSN, which asyncpg then receives again as the same values: they name the
-    database in the engine's repr and in the spans of tracing (server address, database
-    name). Never the password or the options. Several hosts, or a socket directory in the
+    database in the engine's repr and in what instrumentation reads off the engine
+    (server address, database name). Never the password or the options. Several hosts, or a socket directory in the
     query: the dialect alone.
     """
     parts = urlsplit(dsn)
