@@ -96,8 +96,8 @@ def engine_url(dsn: str) -> URL:
     and all (database_url.py). This URL repeats only the user, host, port and database of
     a one-host DSN, which asyncpg then receives again as the same values: they name the
     database in the engine's repr and in what instrumentation reads off the engine
-    (server address, database name). Never the password or the options. Several hosts, or a socket directory in the
-    query: the dialect alone.
+    (server address, database name). Never the password or the options. Several hosts,
+    or the target named in the query: the dialect alone.
     """
     parts = urlsplit(dsn)
     hosts = parts.netloc.rpartition("@")[2]
