@@ -49,6 +49,11 @@ from tests.test_hooks import git_repo
             {"use_worker": True, "use_redis": False},
             "use_worker=true needs use_redis=true: the jobs are queued in a Redis stream.",
         ),
+        (
+            {"use_redis": False},
+            "use_rate_limit=true needs use_redis=true: the limits are counted in Redis, "
+            "shared by every worker and replica.",
+        ),
     ],
 )
 def test_each_refusal_reads_as_written(answers: dict[str, object], message: str) -> None:
