@@ -103,6 +103,7 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
     ("use_tracing", True): (
         "src/{package}/tracing.py",
         "tests/test_tracing.py",
+        "tests/plugins/tracing.py",
         "tests/test_tracing_auth.py",
         "tests/test_tracing_db.py",
         "tests/test_tracing_rate_limit.py",

@@ -31,6 +31,9 @@ pytest_plugins = [
 {%- if cookiecutter.auth == "oidc" %}
     "tests.plugins.auth",
 {%- endif %}
+{%- if cookiecutter.use_tracing %}
+    "tests.plugins.tracing",
+{%- endif %}
 ]
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
@@ -12,14 +9,7 @@ from {{ cookiecutter.package_name }}.auth import CallerDep
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 from tests.plugins.auth import Issuer
-
-from .test_tracing import Receiver, running_receiver
-
-
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
-    with running_receiver(monkeypatch) as server:
-        yield server
+from tests.plugins.tracing import Receiver
 
 
 async def test_the_span_names_the_caller_and_never_the_token(

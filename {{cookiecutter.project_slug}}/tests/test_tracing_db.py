@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import pytest
 from httpx import ASGITransport, AsyncClient
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-
-from .test_tracing import Receiver, running_receiver
-
-
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
-    with running_receiver(monkeypatch) as server:
-        yield server
+from tests.plugins.tracing import Receiver
 
 
 async def test_the_database_spans_name_its_address_and_database(

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from httpx import ASGITransport, AsyncClient
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-
-from .test_tracing import Receiver, running_receiver
-
-
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
-    with running_receiver(monkeypatch) as server:
-        yield server
+from tests.plugins.tracing import Receiver
 
 
 async def test_a_limited_request_has_the_limiters_redis_spans(
