@@ -18,7 +18,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextvars import ContextVar
 from typing import Annotated, Any, cast
 
@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import (
+    AckableMessage,
     AsyncBroker,
     TaskiqEvents,
     TaskiqMessage,
@@ -67,9 +68,30 @@ class PermanentJobError(Exception):
     """Raised by a job that retrying cannot help (bad input): dead-lettered at once."""
 
 
+class ReconnectingStreamBroker(RedisStreamBroker):
+    """taskiq-redis's stream broker, whose reading outlives a Redis outage.
+
+    Its own listen() ends at the first connection error, and the worker process with it
+    (a traceback, then a restart by Docker or Kubernetes, backing off). Here the worker
+    reads again every second until Redis is back. A job whose read or acknowledgement
+    was lost is still pending in the group: redelivered after WORKER_REDELIVERY_SECONDS.
+    """
+
+    async def listen(self) -> AsyncGenerator[AckableMessage]:
+        while True:
+            try:
+                async for message in super().listen():
+                    yield message
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                logger.warning(
+                    "redis unavailable: reading again in 1 s", extra={"error": repr(error)}
+                )
+                await asyncio.sleep(1)
+
+
 def create_broker(settings: Settings, consumer_name: str | None = None) -> RedisStreamBroker:
     """The broker on REDIS_URL. Connects on first use: building it needs no Redis."""
-    broker = RedisStreamBroker(
+    broker = ReconnectingStreamBroker(
         settings.redis_url,
         queue_name=QUEUE,
         consumer_group_name=CONSUMER_GROUP,
