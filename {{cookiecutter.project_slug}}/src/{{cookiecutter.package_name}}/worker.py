@@ -58,6 +58,8 @@ DEAD_LETTERS = "jobs:dead"
 JOB_MODULES: list[str] = [{% if cookiecutter.include_example_api %}"{{ cookiecutter.package_name }}.jobs"{% endif %}]
 # How long one read of the stream waits for a job, in milliseconds.
 READ_BLOCK_MS = 1000
+# How long a worker waits before reading again after Redis failed to answer.
+READ_RETRY_SECONDS = 1.0
 
 # The job being run, for the log lines it writes (see JobLogFilter), and when it started.
 job_var: ContextVar[tuple[str, str] | None] = ContextVar("job", default=None)
@@ -84,9 +86,10 @@ class ReconnectingStreamBroker(RedisStreamBroker):
                     yield message
             except (RedisConnectionError, RedisTimeoutError) as error:
                 logger.warning(
-                    "redis unavailable: reading again in 1 s", extra={"error": repr(error)}
+                    "redis unavailable: reading again in a moment",
+                    extra={"error": repr(error), "retry_seconds": READ_RETRY_SECONDS},
                 )
-                await asyncio.sleep(1)
+                await asyncio.sleep(READ_RETRY_SECONDS)
 
 
 def create_broker(settings: Settings, consumer_name: str | None = None) -> RedisStreamBroker:
