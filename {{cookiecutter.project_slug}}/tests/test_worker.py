@@ -12,7 +12,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from taskiq import AckableMessage, TaskiqMessage, async_shared_broker
 from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }} import worker
 from {{ cookiecutter.package_name }}.logging_config import request_id_var
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.worker import (
@@ -186,9 +185,22 @@ async def test_reading_outlives_a_redis_outage(
         yield AckableMessage(data=outcome, ack=lambda: None)
 
     monkeypatch.setattr(RedisStreamBroker, "listen", listen)
-    monkeypatch.setattr(worker, "READ_RETRY_SECONDS", 0)
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.worker.READ_RETRY_SECONDS", 0)
     messages = create_broker(settings).listen()
     message = await anext(messages)
     await messages.aclose()
     assert message.data == b"a job"
     assert "redis unavailable" in caplog.text
+
+
+async def test_an_enqueue_on_a_connection_redis_closed_succeeds(
+    broker: RedisStreamBroker, settings: Settings
+) -> None:
+    """A pooled connection that Redis closed while it sat idle (a restart does) is
+    replaced: the first enqueue after an outage is not a 503."""
+    async with Redis(connection_pool=broker.connection_pool) as redis:
+        pooled = await redis.client_id()  # the pool's one connection, idle again after
+    async with Redis.from_url(settings.redis_url) as admin:
+        assert await admin.client_kill_filter(_id=str(pooled)) == 1
+    await flaky.kicker().with_broker(broker).kiq("after the drop")
+    assert len(await entries(broker, QUEUE)) == 1

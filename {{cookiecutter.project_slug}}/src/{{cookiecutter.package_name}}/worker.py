@@ -24,6 +24,8 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -118,6 +120,10 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
         socket_connect_timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds + READ_BLOCK_MS / 1000,
         timeout=settings.redis_timeout_seconds,
+        # A pooled connection that Redis closed while it sat idle (a restart) is replaced
+        # and the command sent again, once: otherwise the first enqueue after an outage
+        # is a 503. Not on a timeout: a hung Redis costs a route one timeout, not two.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     # In this order: a retry waits out its delay before its run is logged as started.
     return broker.with_middlewares(
