@@ -59,6 +59,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 OVERLAY = BENCH_DIR / "compose.bench.yaml"
 AUTH_OVERLAY = BENCH_DIR / "compose.bench-auth.yaml"
+WORKER_OVERLAY = BENCH_DIR / "compose.bench-worker.yaml"
 # Where the app finds the stand-in issuer's keys, and what its tokens must carry; as
 # compose.bench-auth.yaml sets them.
 BENCH_ISSUER = "http://bench-issuer:8000"
@@ -95,15 +96,19 @@ class Mode:
     seconds: int
     warmup_seconds: int
     cold_build: bool
+    # A use_worker bake: no-op jobs queued at once per worker and round, and enqueues
+    # timed per broker (bench/jobs.py).
+    jobs: int
+    enqueues: int
 
 
 MODES = {
     # The figures for the README: three interleaved rounds of 15 s per route and target.
-    "full": Mode(rounds=3, seconds=15, warmup_seconds=3, cold_build=True),
+    "full": Mode(rounds=3, seconds=15, warmup_seconds=3, cold_build=True, jobs=3000, enqueues=3000),
     # About three minutes on two cores: one round of 8 s.
-    "quick": Mode(rounds=1, seconds=8, warmup_seconds=2, cold_build=True),
+    "quick": Mode(rounds=1, seconds=8, warmup_seconds=2, cold_build=True, jobs=2000, enqueues=2000),
     # Proves the harness works (the template's test runs this): every step, 1 s of load.
-    "smoke": Mode(rounds=1, seconds=1, warmup_seconds=0, cold_build=False),
+    "smoke": Mode(rounds=1, seconds=1, warmup_seconds=0, cold_build=False, jobs=200, enqueues=200),
 }
 
 # The issue's goals, as ratios to the ceiling measured in the same run.
@@ -185,9 +190,12 @@ def container_cpu_ns(container: str) -> int | None:
 class Stack:
     """The baked project's compose stack plus the bench overlay, under its own name."""
 
-    def __init__(self, project: Path, workers: int, auth: bool = False) -> None:
+    def __init__(
+        self, project: Path, workers: int, auth: bool = False, worker: bool = False
+    ) -> None:
         self.project = project
         self.auth = auth
+        self.worker = worker
         # The bearer token of every /api request, once the issuer's key is made.
         self.token: str | None = None
         run_id = uuid.uuid4().hex[:8]
@@ -203,7 +211,13 @@ class Stack:
             "POSTGRES_PORT": "0",
             "REDIS_PORT": "0",
         }
-        self.overlays = [OVERLAY, *([AUTH_OVERLAY] if auth else [])]
+        if worker:  # the package whose worker the jobs benchmark runs
+            self.env["BENCH_PACKAGE"] = package_name(project)
+        self.overlays = [
+            OVERLAY,
+            *([AUTH_OVERLAY] if auth else []),
+            *([WORKER_OVERLAY] if worker else []),
+        ]
         for overlay in self.overlays:
             shutil.copy(overlay, project / overlay.name)
 
@@ -242,6 +256,10 @@ class Stack:
 
 def image_bytes(image: str) -> int:
     return int(sh(["docker", "image", "inspect", "--format", "{{.Size}}", image]).strip())
+
+
+def package_name(project: Path) -> str:
+    return next(p.name for p in (project / "src").iterdir() if p.is_dir())
 
 
 def base_image(project: Path) -> str:
@@ -450,7 +468,7 @@ def machine() -> dict[str, Any]:
 IMAGE_VERSIONS = """
 import importlib.metadata as m, json, sys
 names = ["fastapi", "starlette", "pydantic", "uvicorn", "uvicorn-worker", "gunicorn",
-         "sqlalchemy", "asyncpg", "redis", "uvloop", "httptools"]
+         "sqlalchemy", "asyncpg", "redis", "uvloop", "httptools", "taskiq", "taskiq-redis"]
 found = {}
 for name in names:
     try:
@@ -525,7 +543,7 @@ print(json.dumps({"token": token, "jwks": jwks, "verify_cpu_us": verify_cpu_us})
 
 def stand_in_issuer(stack: Stack, project: Path) -> dict[str, Any]:
     """Make the issuer's key and the run's token, time one verification; serve the keys."""
-    package = next(p.name for p in (project / "src").iterdir() if p.is_dir())
+    package = package_name(project)
     output = sh([
         "docker", "run", "--rm", "--network", "none", "--env-file", str(project / ".env"),
         "--env", f"AUTH_ISSUER_URL={BENCH_ISSUER}", "--env", f"AUTH_AUDIENCE={BENCH_AUDIENCE}",
@@ -562,6 +580,71 @@ def created_item(stack: Stack, deadline_seconds: float = 30) -> int:
         time.sleep(0.2)
 
 
+# --- use_worker: jobs through the service's worker against a bare taskiq worker -----------
+
+
+def jobs_benchmark(stack: Stack, mode: Mode) -> dict[str, Any]:
+    """bench/jobs.py's drive, with both workers running, then stopped before the HTTP load.
+
+    Also the CPU each worker's container spent per job, from its cgroup: every job either
+    ran in the drive is a no-op, so the figure is the worker's own cost per job.
+    """
+    workers = {"service": "worker", "bare": "bare-worker"}
+    stack.compose("up", "--detach", "--no-deps", *workers.values())
+    containers = {name: stack.container(service) for name, service in workers.items()}
+    cpu_before = {name: container_cpu_ns(container) for name, container in containers.items()}
+    output = stack.compose(
+        "run", "--rm", "--no-deps", "jobs-driver",
+        "python", "/bench/bench_jobs.py", "drive",
+        str(mode.jobs), str(mode.rounds), str(mode.enqueues),
+    )  # fmt: skip
+    cpu_after = {name: container_cpu_ns(container) for name, container in containers.items()}
+    stack.compose("stop", *workers.values())
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    result["cpu_us_per_job"] = {}
+    for name in workers:
+        before, after = cpu_before[name], cpu_after[name]
+        known = before is not None and after is not None
+        result["cpu_us_per_job"][name] = (
+            (after - before) / 1000 / result["jobs_run"] if known else None  # type: ignore[operator]
+        )
+    service, bare = result["jobs_per_second"]["service"], result["jobs_per_second"]["bare"]
+    result["jobs_ratio"] = service / bare
+    return result
+
+
+def jobs_table(result: dict[str, Any]) -> list[str]:
+    """use_worker: the worker against bare taskiq, and what enqueueing costs a route."""
+    jobs = result["jobs"]
+    rate, cpu, enqueue = jobs["jobs_per_second"], jobs["cpu_us_per_job"], jobs["enqueue"]
+    post = result["routes"]["POST /api/items"]
+
+    def us(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:,.0f} µs"
+
+    known = cpu["service"] is not None and cpu["bare"]
+    cpu_ratio = f"{cpu['service'] / cpu['bare']:.2f}" if known else "n/a"
+    times = "\N{MULTIPLICATION SIGN}"
+    return [
+        f"Background jobs: {jobs['jobs']:,} no-op jobs queued at once, {jobs['rounds']} "
+        f"round(s) per worker, alternating; one worker process each, on the same Redis.",
+        "",
+        "| jobs | service worker | bare taskiq worker | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        f"| jobs/s through one worker process (median) | {rate['service']:,.0f} "
+        f"| {rate['bare']:,.0f} | {jobs['jobs_ratio']:.2f} |",
+        f"| worker CPU per job (cgroup) | {us(cpu['service'])} | {us(cpu['bare'])} | {cpu_ratio} |",
+        f"| enqueue (`kiq`, one at a time, {jobs['enqueues']:,}), p50 / p99 "
+        f"| {enqueue['service']['p50_us']:,.0f} / {enqueue['service']['p99_us']:,.0f} µs "
+        f"| {enqueue['bare']['p50_us']:,.0f} / {enqueue['bare']['p99_us']:,.0f} µs "
+        f"| {enqueue['service']['p50_us'] / enqueue['bare']['p50_us']:.2f} {times} p50 |",
+        f"| `POST /api/items`, its job enqueued, p50 / p99 (the ceiling's: no enqueue) "
+        f"| {post['service']['p50_ms']:.1f} / {post['service']['p99_ms']:.1f} ms "
+        f"| {post['ceiling']['p50_ms']:.1f} / {post['ceiling']['p99_ms']:.1f} ms "
+        f"| {post['p99_ratio']:.2f} {times} p99 |",
+    ]
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -596,7 +679,12 @@ def measure(args: argparse.Namespace, mode: Mode, extra: dict[str, Any]) -> dict
         started = time.monotonic()
         project = bake(Path(tmp), **extra)
         result["bake_seconds"] = time.monotonic() - started
-        stack = Stack(project, args.workers, auth=result["options"]["auth"] == "oidc")
+        stack = Stack(
+            project,
+            args.workers,
+            auth=result["options"]["auth"] == "oidc",
+            worker=result["options"]["use_worker"],
+        )
         log(f"baked {project.name} in {result['bake_seconds']:.1f} s; stack {stack.name}")
         try:
             with exclusive_machine(not args.no_lock):
@@ -644,6 +732,9 @@ def measure_stack(
     result["up"] = up_until_ready(stack)
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "120", "ceiling")
     result["versions"] = versions(stack.image)
+    if stack.worker:
+        log(f"jobs: {mode.jobs} no-op jobs per worker and round, then the enqueue")
+        result["jobs"] = jobs_benchmark(stack, mode)
 
     item_id = created_item(stack)
     targets = {"service": stack.container("app"), "ceiling": stack.container("ceiling")}
@@ -761,6 +852,7 @@ def markdown(result: dict[str, Any]) -> str:
         "include_example_api",
         "server",
         "auth",
+        "use_worker",
     ]
     shown += sorted(set(options) - set(context_of()))  # options added after this harness
     chosen = ", ".join(f"{key}={options[key]}" for key in shown)
@@ -811,6 +903,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     if "auth" in result:
         lines += ["", *authenticated_read(result)]
+    if "jobs" in result:
+        lines += ["", *jobs_table(result)]
     mem, build, up = result["memory"], result["build"], result["up"]
 
     def mib(entry: dict[str, Any]) -> str:

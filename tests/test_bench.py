@@ -2,9 +2,10 @@
 
 The figures themselves come from `uv run python -m bench` (see README.md); this
 only proves that every step runs, every route answers under load without an
-error, and the table and the JSON come out. It runs an auth=oidc bake, whose steps
-are the default bake's plus the stand-in issuer: every /api request must carry an
-accepted token (a 401 is an error of the run).
+error, and the table and the JSON come out. It runs an auth=oidc bake with the worker,
+whose steps are the default bake's plus the stand-in issuer (every /api request must
+carry an accepted token: a 401 is an error of the run) and the jobs benchmark (the
+service's worker and a bare taskiq worker each drain their queue, then the enqueue).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import AUTH_OVERLAY, OVERLAY, Route, Stack
+from bench.harness import AUTH_OVERLAY, OVERLAY, WORKER_OVERLAY, Route, Stack
 from tests.helpers import TEMPLATE_DIR, require_docker
 
 ROUTES = {
@@ -27,8 +28,10 @@ ROUTES = {
     "GET /api/items?limit=50",
     "POST /api/items",
 }
-# Every step of a default bake's run, and the stand-in issuer's besides.
-SMOKE = [sys.executable, "-m", "bench", "--smoke", "--with", "auth=oidc"]
+# Every step of a default bake's run, and the stand-in issuer's and the jobs' besides.
+SMOKE = [
+    sys.executable, "-m", "bench", "--smoke", "--with", "auth=oidc", "--with", "use_worker=true",
+]  # fmt: skip
 
 
 @pytest.mark.docker
@@ -53,6 +56,7 @@ def test_bench_smoke_run_prints_the_table_and_writes_json(
     assert "| RSS after load |" in result.stdout, output
     assert "| goal | measured | met |" in result.stdout, output
     assert "| token verification, CPU per request" in result.stdout, output
+    assert "| jobs/s through one worker process (median) |" in result.stdout, output
 
     written = list(tmp_path.glob("*-smoke.json"))
     assert len(written) == 1, written
@@ -61,6 +65,16 @@ def test_bench_smoke_run_prints_the_table_and_writes_json(
     assert data["errors"] == 0
     assert data["options"]["auth"] == "oidc"
     assert data["auth"]["verify_cpu_us"] > 0, data["auth"]
+    jobs = data["jobs"]
+    for worker in ("service", "bare"):
+        # Every round drained its queue (the driver fails the run otherwise), in a time.
+        assert len(jobs["seconds"][worker]) == jobs["rounds"] == 1, jobs
+        assert jobs["jobs_per_second"][worker] > 0, jobs
+        assert 0 < jobs["enqueue"][worker]["p50_us"] <= jobs["enqueue"][worker]["p99_us"], jobs
+    record_property(
+        "figure",
+        f"bench smoke jobs: {jobs['jobs_ratio']:.2f} x bare taskiq (200 jobs, not a figure)",
+    )
     for route, row in data["routes"].items():
         for target in ("service", "ceiling"):
             figures = row[target]
@@ -95,3 +109,14 @@ def test_only_an_oidc_bake_gets_the_issuer_and_only_api_requests_the_token(
     oidc.token = "a.b.c"
     assert oidc.headers(read) == {"Authorization": "Bearer a.b.c"}
     assert oidc.headers(live) == {}
+
+
+def test_only_a_worker_bake_gets_the_jobs_overlay_and_its_package(tmp_path: Path) -> None:
+    (tmp_path / "src" / "svc_core").mkdir(parents=True)
+    (tmp_path / "src" / "svc_core.egg-info").touch()  # a file, not the package
+    plain = Stack(tmp_path, workers=2)
+    assert WORKER_OVERLAY.name not in plain.compose_command("ps")
+    assert "BENCH_PACKAGE" not in plain.env
+    worker = Stack(tmp_path, workers=2, worker=True)
+    assert worker.compose_command("ps")[-3:] == ["-f", WORKER_OVERLAY.name, "ps"]
+    assert worker.env["BENCH_PACKAGE"] == "svc_core"

@@ -3,13 +3,16 @@ a dropped connection, and the service recovers by itself.
 
 One default stack per server choice; the cases run on it one after another, each with
 concurrent clients running before, during and after the fault, every status and every
-transport error counted.
+transport error counted. The uvicorn stack has the background worker: a flow of jobs runs
+through a Redis restart and a pause, and each job's effect is counted in the database.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,9 @@ FAST_FAILURE_SETTINGS = {
     "DATABASE_POOL_TIMEOUT_SECONDS": "2",
     "REDIS_TIMEOUT_SECONDS": "2",
     "HEALTH_CHECK_TIMEOUT_SECONDS": "1",
+    # The worker's, where there is one (the uvicorn variant): a job whose read or
+    # acknowledgement an outage lost is handed out again within seconds, not ten minutes.
+    "WORKER_REDELIVERY_SECONDS": "3",
 }
 # Per worker: the request pool (10, no overflow) and readiness' own connection.
 WORKERS = 2
@@ -255,3 +261,178 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
     memory_after = stack.memory_bytes("app") / 2**20
     record_property("figure", f"{case}: app memory {memory_before:.0f} -> {memory_after:.0f} MiB")
     assert memory_after < memory_before * 1.5 + 20, "app memory grew during the fault"
+
+
+# --- background jobs through Redis faults (the uvicorn variant has the worker) -------------
+
+# Jobs enqueued (POST /api/items answered 201) in one flow, and after how many accepted
+# each fault starts: the restart a third in, the pause two thirds in.
+JOBS = 1000
+RESTART_AFTER, PAUSE_AFTER = 300, 600
+# A client's wait after a 503 before it tries again, as a well-behaved client backs off.
+CLIENT_BACKOFF_SECONDS = 0.2
+
+# Every change of an item's processed_at, recorded by PostgreSQL itself: the job's effect
+# counted where it happens, whatever the worker logs. A second run of an idempotent job
+# updates no row and adds nothing here; a job that wrote twice adds two rows.
+EFFECTS_TABLE = """
+CREATE TABLE fault_test_effects (item_id bigint NOT NULL);
+CREATE FUNCTION fault_test_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO fault_test_effects VALUES (NEW.id); RETURN NULL; END $$;
+CREATE TRIGGER fault_test_effect AFTER UPDATE OF processed_at ON items
+FOR EACH ROW EXECUTE FUNCTION fault_test_effect();
+"""
+DROP_EFFECTS_TABLE = """
+DROP TRIGGER IF EXISTS fault_test_effect ON items;
+DROP FUNCTION IF EXISTS fault_test_effect();
+DROP TABLE IF EXISTS fault_test_effects;
+"""
+
+
+def psql(stack: ComposeStack, query: str) -> str:
+    command = ["exec", "-T", "db", "psql", "-U", "app", "-d", "app", "-v", "ON_ERROR_STOP=1"]
+    return stack.compose(*command, "-tAc", query).stdout
+
+
+@dataclass
+class JobFlow:
+    """Clients creating items (each enqueues its job), every answer kept by item name."""
+
+    url: str
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    answers: dict[str, str] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: int = 0
+
+    def client(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                with self.lock:
+                    name = f"{self.run}-{self.sent}"
+                    self.sent += 1
+                try:
+                    answer = str(http.post(self.url, json={"name": name}).status_code)
+                except httpx.HTTPError as error:  # a dropped or refused connection
+                    answer = type(error).__name__
+                with self.lock:
+                    self.answers[name] = answer
+                if answer != "201":
+                    time.sleep(CLIENT_BACKOFF_SECONDS)
+
+    def accepted(self) -> list[str]:
+        with self.lock:
+            return [name for name, answer in self.answers.items() if answer == "201"]
+
+    def refused(self) -> list[str]:
+        with self.lock:
+            return [name for name, answer in self.answers.items() if answer != "201"]
+
+    def wait_accepted(self, count: int, deadline: float) -> None:
+        while len(self.accepted()) < count:
+            assert time.monotonic() < deadline, f"{len(self.accepted())} of {count} accepted"
+            time.sleep(0.05)
+
+
+def job_effects(stack: ComposeStack, run: str) -> dict[str, tuple[bool, int]]:
+    """Each of the run's items: whether it is processed, and how many times it was."""
+    rows = psql(
+        stack,
+        "SELECT i.name, i.processed_at IS NOT NULL, count(e.item_id) FROM items i"
+        " LEFT JOIN fault_test_effects e ON e.item_id = i.id"
+        f" WHERE i.name LIKE '{run}-%' GROUP BY i.id",
+    )
+    table = {}
+    for line in rows.split():
+        name, processed, effects = line.split("|")
+        table[name] = (processed == "t", int(effects))
+    return table
+
+
+@pytest.mark.parametrize("fault_stack", ["uvicorn"], indirect=True)
+def test_jobs_flow_through_a_redis_restart_and_pause_each_done_once(
+    fault_stack: ComposeStack,
+    request: pytest.FixtureRequest,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """1,000 jobs enqueued while Redis is restarted, then paused: the API answers 201 or
+    503, never a 500; the worker reads again by itself (never restarted); every accepted
+    job is done, its effect exactly once.
+
+    A 503 is an enqueue that failed: the item exists unprocessed, and its client (here,
+    as a client should, after a short back-off) sends a new one, which is the job counted.
+    The refused item's job may still run, at most once: during a pause the enqueue can
+    reach Redis after the route gave up waiting for its answer.
+    """
+    stack = fault_stack
+    request.node.stash[STACKS_KEY] = [stack]
+    worker_before = stack.inspect("worker")
+    psql(stack, DROP_EFFECTS_TABLE + EFFECTS_TABLE)
+    flow = JobFlow(stack.url("/api/items"))
+    clients = [threading.Thread(target=flow.client) for _ in range(8)]
+    started = time.monotonic()
+    deadline = started + 180
+    for client in clients:
+        client.start()
+    try:
+        flow.wait_accepted(RESTART_AFTER, deadline)
+        reported = threading.Event()  # the API has refused an enqueue: Redis is down
+        refused_before = len(flow.refused())
+
+        def watch() -> None:
+            while not reported.is_set() and time.monotonic() < deadline:
+                if len(flow.refused()) > refused_before:
+                    reported.set()
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        restarted("redis")(stack, reported)
+        reported.set()
+        watcher.join()
+        flow.wait_accepted(PAUSE_AFTER, deadline)
+        paused("redis", 4)(stack, reported)
+        flow.wait_accepted(JOBS, deadline)
+    finally:
+        flow.stop.set()
+        for client in clients:
+            client.join(timeout=60)
+    flow_seconds = time.monotonic() - started
+    try:
+        accepted, refused = flow.accepted(), flow.refused()
+        while True:
+            effects = job_effects(stack, flow.run)
+            undone = [name for name in accepted if not effects[name][0]]
+            if not undone or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        done_seconds = time.monotonic() - started
+    finally:
+        psql(stack, DROP_EFFECTS_TABLE)
+
+    answers = Counter(flow.answers.values())
+    assert set(answers) <= {"201", "503"}, f"only 201 or 503 expected: {answers}"
+    assert not undone, f"{len(undone)} accepted jobs not done, e.g. {undone[:5]}"
+    twice = {name: effects[name][1] for name in accepted if effects[name][1] != 1}
+    assert not twice, f"accepted jobs whose effect is not exactly once: {twice}"
+    refused_twice = {name: effects[name][1] for name in refused if effects[name][1] > 1}
+    assert not refused_twice, f"refused items processed more than once: {refused_twice}"
+    worker_after = stack.inspect("worker")
+    # Read again by itself: the same process, never restarted by Docker.
+    assert worker_after["RestartCount"] == 0, stack.logs_tail()
+    assert worker_after["State"]["StartedAt"] == worker_before["State"]["StartedAt"]
+    assert answers["503"], "the API never refused an enqueue: was Redis down at all?"
+
+    runs: Counter[int] = Counter()  # the job's runs per item, as the worker logged them
+    logs = stack.compose("logs", "--no-color", "--no-log-prefix", "worker").stdout
+    for line in logs.splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("message") in {"item processed", "item needed no processing"}:
+            runs[entry["item_id"]] += 1
+    record_property(
+        "figure",
+        f"jobs through a redis restart and pause: {len(accepted)} accepted, "
+        f"{answers['503']} x 503 ({sum(effects[n][1] for n in refused)} of those ran anyway), "
+        f"{sum(runs.values()) - len(runs)} redelivered runs with no effect; "
+        f"flow {flow_seconds:.1f} s, all done {done_seconds:.1f} s after the start",
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncGenerator
 from typing import cast
 
 import pytest
 from redis.asyncio import Redis
-from taskiq import TaskiqMessage, async_shared_broker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from taskiq import AckableMessage, TaskiqMessage, async_shared_broker
 from taskiq_redis import RedisStreamBroker
 
 from {{ cookiecutter.package_name }}.logging_config import request_id_var
@@ -17,6 +19,7 @@ from {{ cookiecutter.package_name }}.worker import (
     QUEUE,
     PermanentJobError,
     RetryThenDeadLetter,
+    create_broker,
     has_joined,
     replay_dead_letters,
 )
@@ -166,3 +169,38 @@ async def test_the_health_check_finds_a_started_worker_only(
 
         await eventually(joined)
         assert await has_joined(worker, "another-host") is False
+
+
+async def test_reading_outlives_a_redis_outage(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """taskiq-redis's reading ends at a connection error (and the worker process with
+    it); the worker's broker logs it and reads again."""
+    outcomes: list[Exception | bytes] = [RedisConnectionError("Redis restarting"), b"a job"]
+
+    async def listen(_broker: RedisStreamBroker) -> AsyncGenerator[AckableMessage]:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        yield AckableMessage(data=outcome, ack=lambda: None)
+
+    monkeypatch.setattr(RedisStreamBroker, "listen", listen)
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.worker.READ_RETRY_SECONDS", 0)
+    messages = create_broker(settings).listen()
+    message = await anext(messages)
+    await messages.aclose()
+    assert message.data == b"a job"
+    assert "redis unavailable" in caplog.text
+
+
+async def test_an_enqueue_on_a_connection_redis_closed_succeeds(
+    broker: RedisStreamBroker, settings: Settings
+) -> None:
+    """A pooled connection that Redis closed while it sat idle (a restart does) is
+    replaced: the first enqueue after an outage is not a 503."""
+    async with Redis(connection_pool=broker.connection_pool) as redis:
+        pooled = await redis.client_id()  # the pool's one connection, idle again after
+    async with Redis.from_url(settings.redis_url) as admin:
+        assert await admin.client_kill_filter(_id=str(pooled)) == 1
+    await flaky.kicker().with_broker(broker).kiq("after the drop")
+    assert len(await entries(broker, QUEUE)) == 1

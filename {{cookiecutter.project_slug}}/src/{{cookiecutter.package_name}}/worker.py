@@ -18,16 +18,19 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextvars import ContextVar
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import (
+    AckableMessage,
     AsyncBroker,
     TaskiqEvents,
     TaskiqMessage,
@@ -57,6 +60,8 @@ DEAD_LETTERS = "jobs:dead"
 JOB_MODULES: list[str] = [{% if cookiecutter.include_example_api %}"{{ cookiecutter.package_name }}.jobs"{% endif %}]
 # How long one read of the stream waits for a job, in milliseconds.
 READ_BLOCK_MS = 1000
+# How long a worker waits before reading again after Redis failed to answer.
+READ_RETRY_SECONDS = 1.0
 
 # The job being run, for the log lines it writes (see JobLogFilter), and when it started.
 job_var: ContextVar[tuple[str, str] | None] = ContextVar("job", default=None)
@@ -67,9 +72,31 @@ class PermanentJobError(Exception):
     """Raised by a job that retrying cannot help (bad input): dead-lettered at once."""
 
 
+class ReconnectingStreamBroker(RedisStreamBroker):
+    """taskiq-redis's stream broker, whose reading outlives a Redis outage.
+
+    Its own listen() ends at the first connection error, and the worker process with it
+    (a traceback, then a restart by Docker or Kubernetes, backing off). Here the worker
+    reads again every second until Redis is back. A job whose read or acknowledgement
+    was lost is still pending in the group: redelivered after WORKER_REDELIVERY_SECONDS.
+    """
+
+    async def listen(self) -> AsyncGenerator[AckableMessage]:
+        while True:
+            try:
+                async for message in super().listen():
+                    yield message
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                logger.warning(
+                    "redis unavailable: reading again in a moment",
+                    extra={"error": repr(error), "retry_seconds": READ_RETRY_SECONDS},
+                )
+                await asyncio.sleep(READ_RETRY_SECONDS)
+
+
 def create_broker(settings: Settings, consumer_name: str | None = None) -> RedisStreamBroker:
     """The broker on REDIS_URL. Connects on first use: building it needs no Redis."""
-    broker = RedisStreamBroker(
+    broker = ReconnectingStreamBroker(
         settings.redis_url,
         queue_name=QUEUE,
         consumer_group_name=CONSUMER_GROUP,
@@ -93,6 +120,10 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
         socket_connect_timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds + READ_BLOCK_MS / 1000,
         timeout=settings.redis_timeout_seconds,
+        # A pooled connection that Redis closed while it sat idle (a restart) is replaced
+        # and the command sent again, once: otherwise the first enqueue after an outage
+        # is a 503. Not on a timeout: a hung Redis costs a route one timeout, not two.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     # In this order: a retry waits out its delay before its run is logged as started.
     return broker.with_middlewares(
