@@ -20,9 +20,13 @@ import sys
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
+from functools import partial
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+{%- if cookiecutter.use_tracing %}
+from opentelemetry.sdk.trace import TracerProvider
+{%- endif %}
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -41,7 +45,7 @@ from taskiq.exceptions import NoResultError, SendTaskError
 from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}
+from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}{% if cookiecutter.use_metrics %}, metrics_worker{% endif %}, periodic{% if cookiecutter.use_tracing %}, tracing, tracing_worker{% endif %}
 from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.logging_config import configure_logging, request_id_var
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
@@ -67,7 +71,13 @@ class PermanentJobError(Exception):
     """Raised by a job that retrying cannot help (bad input): dead-lettered at once."""
 
 
-def create_broker(settings: Settings, consumer_name: str | None = None) -> RedisStreamBroker:
+def create_broker(
+    settings: Settings,
+    consumer_name: str | None = None,
+{%- if cookiecutter.use_tracing %}
+    tracer_provider: TracerProvider | None = None,
+{%- endif %}
+) -> RedisStreamBroker:
     """The broker on REDIS_URL. Connects on first use: building it needs no Redis."""
     broker = RedisStreamBroker(
         settings.redis_url,
@@ -94,7 +104,10 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
         socket_timeout=settings.redis_timeout_seconds + READ_BLOCK_MS / 1000,
         timeout=settings.redis_timeout_seconds,
     )
-    # In this order: a retry waits out its delay before its run is logged as started.
+    # In this order: a retry waits out its delay before its run is logged as started{% if cookiecutter.use_tracing %}
+    # (in the job's span, so the line carries its trace){% endif %}{% if cookiecutter.use_metrics %}, and
+    # before it is counted; the counts see the retry's decision (taskiq calls post_execute
+    # after on_error){% endif %}.
     return broker.with_middlewares(
         RetryThenDeadLetter(
             default_retry_count=settings.worker_max_attempts,
@@ -104,7 +117,13 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
             use_delay_exponent=True,
             max_delay_exponent=settings.worker_retry_max_delay_seconds,
         ),
+{%- if cookiecutter.use_tracing %}
+        tracing_worker.JobTracing(tracer_provider),
+{%- endif %}
         RequestContextMiddleware(),
+{%- if cookiecutter.use_metrics %}
+        metrics_worker.JobMetrics(),
+{%- endif %}
     )
 
 
@@ -259,6 +278,13 @@ async def open_worker_resources(state: TaskiqState) -> None:
 {%- if cookiecutter.use_postgres %}
     state.engine = db.create_engine(settings, pool_size=min(settings.worker_concurrency, 10))
 {%- endif %}
+{%- if cookiecutter.use_metrics %}
+    # Port 0 (the tests'): any free one, read from state.metrics_server.server_port.
+    queue_depth = metrics_worker.QueueDepth(
+        settings.redis_url, settings.redis_timeout_seconds, QUEUE, DEAD_LETTERS
+    )
+    state.metrics_server, _ = metrics_worker.serve(settings.worker_metrics_port, queue_depth)
+{%- endif %}
     logger.info("worker started", extra={"environment": settings.environment})
 
 
@@ -266,20 +292,45 @@ async def close_worker_resources(state: TaskiqState) -> None:
 {%- if cookiecutter.use_postgres %}
     await state.engine.dispose()
 {%- endif %}
+{%- if cookiecutter.use_metrics %}
+    state.metrics_server.shutdown()
+    state.metrics_server.server_close()
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+    if state.tracer_provider is not None:
+        state.tracer_provider.shutdown()  # exports the spans still buffered
+{%- endif %}
     logger.info("worker stopped")
 
 
-def create_worker_broker(settings: Settings | None = None) -> AsyncBroker:
-    """The broker of a worker process: the app's, plus what the jobs use.
+def create_worker_broker(
+    settings: Settings | None = None, schedule: Sequence[periodic.Periodic] | None = None
+) -> AsyncBroker:
+    """The broker of a worker process: the app's, plus what the jobs use, and the
+    periodic jobs (periodic.SCHEDULE unless given).
 
     It reads as the consumer named after the host (the container, the pod), which the
     health check looks for.
     """
     settings = settings or get_settings()
+{%- if cookiecutter.use_tracing %}
+    # Made here, in the worker process (the batch exporter's thread would not survive a fork).
+    tracer_provider = tracing.create_tracer_provider()
+    if tracer_provider is not None:
+        tracing_worker.instrument_worker()
+    broker = create_broker(
+        settings, consumer_name=socket.gethostname(), tracer_provider=tracer_provider
+    )
+    broker.state.tracer_provider = tracer_provider
+{%- else %}
     broker = create_broker(settings, consumer_name=socket.gethostname())
+{%- endif %}
     broker.state.settings = settings
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, open_worker_resources)
     broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, close_worker_resources)
+    jobs = periodic.SCHEDULE if schedule is None else schedule
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, partial(periodic.start, broker, jobs))
+    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, periodic.stop)
     return broker
 
 
@@ -298,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0 if asyncio.run(_healthy(settings)) else 1)
     if arguments:
         sys.exit(f"usage: python -m {__name__} [replay | health]")
+{%- if cookiecutter.use_metrics %}
+    metrics_worker.reset_multiprocess_dir()
+{%- endif %}
     # One process per container: scale with more containers (replicas), each stopped
     # on its own. On SIGTERM taskiq stops reading, lets the jobs in hand finish within
     # the grace period, and leaves what it did not finish unacknowledged.
