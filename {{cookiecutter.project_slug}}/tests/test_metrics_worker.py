@@ -105,7 +105,8 @@ async def test_two_worker_processes_count_every_run_once(
 ) -> None:
     succeeding, failing = 20, 3
     ports = [free_port(), free_port()]
-    environment = {"WORKER_MAX_ATTEMPTS": "2", "WORKER_RETRY_DELAY_SECONDS": "0"}
+    # Three attempts: a failing job is retried twice, then fails once for good.
+    environment = {"WORKER_MAX_ATTEMPTS": "3", "WORKER_RETRY_DELAY_SECONDS": "0"}
     with (
         # Each in a metrics directory of its own, as each container has (the image sets one).
         start_worker(
@@ -145,10 +146,10 @@ async def test_two_worker_processes_count_every_run_once(
             worker.send_signal(signal.SIGTERM)
         for worker in (first, second):
             assert await asyncio.to_thread(worker.wait, JOB_WAIT_SECONDS) == 0
-    runs = succeeding + 2 * failing  # every failing job runs twice (WORKER_MAX_ATTEMPTS)
+    runs = succeeding + 3 * failing
     assert total(scrapes, "jobs_started_total") == runs
     assert total(scrapes, "jobs_succeeded_total") == succeeding
-    assert total(scrapes, "jobs_retried_total") == failing
+    assert total(scrapes, "jobs_retried_total") == 2 * failing
     assert total(scrapes, "jobs_failed_total") == failing
     assert total(scrapes, "jobs_enqueued_total") == 0  # the test enqueued, not the workers
     durations = sum(
