@@ -7,12 +7,16 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
+from redis.asyncio import Redis
 from taskiq import Context, TaskiqDepends, async_shared_broker
+from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }}.periodic import Periodic
+from {{ cookiecutter.package_name }}.periodic import Periodic, enqueue_once
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.worker import QUEUE
 from tests.plugins.worker import JOB_WAIT_SECONDS, eventually, start_worker
 
 pytestmark = pytest.mark.services
@@ -40,7 +44,10 @@ def ticks(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def test_two_workers_run_each_tick_once(settings: Settings, tmp_path: Path) -> None:
+async def test_two_workers_run_each_tick_once(
+    settings: Settings, tmp_path: Path, broker: RedisStreamBroker
+) -> None:
+    # `broker` empties Redis afterwards (the queue, the tick keys).
     path = tmp_path / "ticks"
     with (
         start_worker(settings, __name__, TICKS_FILE=str(path)) as first,
@@ -62,3 +69,15 @@ async def test_two_workers_run_each_tick_once(settings: Settings, tmp_path: Path
     # No tick skipped between the first and the last (each worker's first tick may come
     # before the other started: still once).
     assert sorted(runs) == list(range(min(runs), max(runs) + 1))
+
+
+async def test_a_tick_is_enqueued_by_the_first_worker_to_take_it(
+    broker: RedisStreamBroker,
+) -> None:
+    entry = Periodic(record_tick, 60)
+    assert [await enqueue_once(broker, entry, tick) for tick in (7, 7, 8)] == [True, False, True]
+    async with Redis(connection_pool=broker.connection_pool) as redis:
+        # The broker's pool does not decode: ids and fields are bytes.
+        queued = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(QUEUE))
+    labels = [broker.formatter.loads(fields[b"data"]).labels for _, fields in queued]
+    assert [label["tick"] for label in labels] == ["7", "8"]  # labels travel as text
