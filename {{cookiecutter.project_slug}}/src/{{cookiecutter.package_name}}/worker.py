@@ -104,10 +104,7 @@ def create_broker(
         socket_timeout=settings.redis_timeout_seconds + READ_BLOCK_MS / 1000,
         timeout=settings.redis_timeout_seconds,
     )
-    # In this order: a retry waits out its delay before its run is logged as started{% if cookiecutter.use_tracing %}
-    # (in the job's span, so the line carries its trace){% endif %}{% if cookiecutter.use_metrics %}, and
-    # before it is counted; the counts see the retry's decision (taskiq calls post_execute
-    # after on_error){% endif %}.
+    # In this order: a retry waits out its delay before its run is logged as started.
     return broker.with_middlewares(
         RetryThenDeadLetter(
             default_retry_count=settings.worker_max_attempts,
@@ -118,10 +115,13 @@ def create_broker(
             max_delay_exponent=settings.worker_retry_max_delay_seconds,
         ),
 {%- if cookiecutter.use_tracing %}
+        # The job's span is current before "job started" is logged: the line carries it.
         tracing_worker.JobTracing(tracer_provider),
 {%- endif %}
         RequestContextMiddleware(),
 {%- if cookiecutter.use_metrics %}
+        # Counts a run once its retry delay is over, and its outcome once the retry
+        # decided (taskiq calls post_execute after every on_error).
         metrics_worker.JobMetrics(),
 {%- endif %}
     )
