@@ -44,7 +44,8 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
     "use_kubernetes": re.compile(r"kustomiz|kubectl|deploy/kubernetes", re.IGNORECASE),
     # "worker" alone names the web server's processes too.
     "use_worker": re.compile(
-        r"taskiq|\bjobs\.py|dead.letter|processed_at|(?-i:\bWORKER_|\.worker\b)|background job",
+        r"taskiq|\bjobs\.py|dead.letter|processed_at|(?-i:\bWORKER_|\.worker\b)|background job"
+        r"|periodic|\bjobs_\w+|_worker\.py",
         re.IGNORECASE,
     ),
     # The Dockerfile's dev stage exists only for the dev container.

@@ -85,6 +85,8 @@ PYTHON_WITH_CONDITIONALS = {
     f"src/{PACKAGE_DIR}/logging_config.py",
     # The worker: the example's job module, and the database engine jobs get with Postgres.
     f"src/{PACKAGE_DIR}/worker.py",
+    # The worker's test plugin: each worker's /metrics port (a free one), with metrics.
+    "tests/plugins/worker.py",
     # The example with the worker: its create route enqueues the job, whose column
     # the table gains in a revision that carries the schema gate's marker on Kubernetes.
     f"src/{PACKAGE_DIR}/api/items.py",

@@ -3,17 +3,20 @@ committed, the worker fills processed_at, once; Redis down makes the route a 503
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }}.jobs import mark_processed
+from {{ cookiecutter.package_name }}.jobs import enqueue_unprocessed, mark_processed
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.worker import QUEUE
 from tests.plugins.worker import eventually
 
 pytestmark = pytest.mark.services
@@ -67,3 +70,17 @@ async def test_a_failed_enqueue_is_a_503_problem(client: AsyncClient, settings: 
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"]
     assert response.json()["status"] == 503
+
+
+async def test_the_sweep_enqueues_only_items_left_unprocessed(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """The periodic sweep (its once-per-tick run: test_worker_periodic.py)."""
+    engine: AsyncEngine = app.state.engine
+    stale, done = [(await client.post("/api/items", json={"name": n})).json() for n in "ab"]
+    await mark_processed(engine, done["id"])
+    # Just created: its own job may still be queued, so the default age leaves it alone.
+    assert await enqueue_unprocessed(engine, app.state.broker) == []
+    assert await enqueue_unprocessed(engine, app.state.broker, timedelta(0)) == [stale["id"]]
+    async with Redis(connection_pool=app.state.broker.connection_pool) as redis:
+        assert await redis.xlen(QUEUE) == 3  # the two creations' jobs, and the sweep's

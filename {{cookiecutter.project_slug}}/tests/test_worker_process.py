@@ -5,10 +5,8 @@ which runs it to its end once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,16 +18,10 @@ from taskiq_redis import RedisStreamBroker
 
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.worker import CONSUMER_GROUP, QUEUE
+from tests.plugins import worker as plugin
 from tests.plugins.worker import JOB_WAIT_SECONDS, eventually
 
 pytestmark = pytest.mark.services
-
-# The worker process imports this module (see start_worker): the job below is its.
-WORKER = """
-import tests.test_worker_process
-from {{ cookiecutter.package_name }}.worker import main
-main()
-"""
 
 
 def note(path: str, line: str) -> None:
@@ -47,21 +39,9 @@ async def slow(path: str, seconds: float) -> None:
 
 @contextmanager
 def start_worker(settings: Settings, **environment: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "ENVIRONMENT": "test",
-        # The test Redis; the database the worker would open lazily is not used here.
-        "REDIS_URL": settings.redis_url,
-        "LOG_LEVEL": "WARNING",
-        **environment,
-    }
-    process = subprocess.Popen([sys.executable, "-c", WORKER], env=env)  # noqa: S603
-    try:
+    # The worker process imports this module: the job above is its.
+    with plugin.start_worker(settings, __name__, **environment) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=JOB_WAIT_SECONDS)
 
 
 def lines(path: Path) -> list[str]:

@@ -7,11 +7,13 @@ Each is a taskiq task on ``async_shared_broker``; the caller picks the real brok
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from taskiq import Context, TaskiqDepends, async_shared_broker
+from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
+from {{ cookiecutter.package_name }} import periodic
 from {{ cookiecutter.package_name }}.models import Item
 
 logger = logging.getLogger(__name__)
@@ -49,3 +51,45 @@ async def process_item(item_id: int, engine: AsyncEngine = WorkerEngine) -> None
     else:
         # Processed already, or deleted since: both are done.
         logger.info("item needed no processing", extra={"item_id": item_id})
+
+
+# An item this old and still unprocessed lost its job: the app stopped between the
+# commit and the enqueue, or Redis refused the enqueue (the client got a 503, the item
+# was stored). Younger ones may still have their job in the queue.
+SWEEP_AFTER = timedelta(minutes=5)
+# Enqueued per tick at most: a backlog is worked off over several ticks.
+SWEEP_LIMIT = 1000
+
+
+async def enqueue_unprocessed(
+    engine: AsyncEngine, broker: AsyncBroker, older_than: timedelta = SWEEP_AFTER
+) -> list[int]:
+    """Enqueue process_item for each item left unprocessed this long; their ids."""
+    query = (
+        select(Item.id)
+        .where(Item.processed_at.is_(None), Item.created_at < func.now() - older_than)
+        .order_by(Item.id)
+        .limit(SWEEP_LIMIT)
+    )
+    async with engine.connect() as connection:
+        ids = list((await connection.scalars(query)).all())
+    for item_id in ids:
+        # Harmless if its own job runs after all: process_item is idempotent.
+        await process_item.kicker().with_broker(broker).kiq(item_id)
+    return ids
+
+
+def broker_of(context: Context = TaskiqDepends()) -> AsyncBroker:  # noqa: B008 (taskiq's form)
+    return context.broker
+
+
+@periodic.every(seconds=60)
+@async_shared_broker.task(task_name="sweep_unprocessed_items")
+async def sweep_unprocessed_items(
+    engine: AsyncEngine = WorkerEngine,
+    broker: AsyncBroker = TaskiqDepends(broker_of),  # noqa: B008 (taskiq's form)
+) -> None:
+    """Periodic (once a minute across all workers): items whose job was lost get one."""
+    ids = await enqueue_unprocessed(engine, broker)
+    if ids:
+        logger.warning("unprocessed items enqueued again", extra={"items": len(ids)})

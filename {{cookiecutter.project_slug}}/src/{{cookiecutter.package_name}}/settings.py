@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # A job taken by a worker and not acknowledged for this long (its worker died) is
     # handed to another one: longer than the longest job, or it would run twice at once.
     worker_redelivery_seconds: float = Field(default=600.0, gt=0)
+{%- if cookiecutter.use_metrics %}
+    # Where a worker serves its /metrics (it runs no web server); 0: any free port.
+    worker_metrics_port: int = Field(default=9000, ge=0, le=65535)
+{%- endif %}
 {%- endif %}
 {%- if cookiecutter.auth == "oidc" %}
     # The OpenID Connect issuer whose access tokens this service accepts: the "iss" every

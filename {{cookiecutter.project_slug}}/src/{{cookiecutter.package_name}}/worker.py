@@ -20,9 +20,13 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextvars import ContextVar
+from functools import partial
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+{%- if cookiecutter.use_tracing %}
+from opentelemetry.sdk.trace import TracerProvider
+{%- endif %}
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -44,7 +48,7 @@ from taskiq.exceptions import NoResultError, SendTaskError
 from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}
+from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}{% if cookiecutter.use_metrics %}, metrics_worker{% endif %}, periodic{% if cookiecutter.use_tracing %}, tracing, tracing_worker{% endif %}
 from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.logging_config import configure_logging, request_id_var
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
@@ -94,7 +98,13 @@ class ReconnectingStreamBroker(RedisStreamBroker):
                 await asyncio.sleep(READ_RETRY_SECONDS)
 
 
-def create_broker(settings: Settings, consumer_name: str | None = None) -> RedisStreamBroker:
+def create_broker(
+    settings: Settings,
+    consumer_name: str | None = None,
+{%- if cookiecutter.use_tracing %}
+    tracer_provider: TracerProvider | None = None,
+{%- endif %}
+) -> RedisStreamBroker:
     """The broker on REDIS_URL. Connects on first use: building it needs no Redis."""
     broker = ReconnectingStreamBroker(
         settings.redis_url,
@@ -135,7 +145,16 @@ def create_broker(settings: Settings, consumer_name: str | None = None) -> Redis
             use_delay_exponent=True,
             max_delay_exponent=settings.worker_retry_max_delay_seconds,
         ),
+{%- if cookiecutter.use_tracing %}
+        # The job's span is current before "job started" is logged: the line carries it.
+        tracing_worker.JobTracing(tracer_provider),
+{%- endif %}
         RequestContextMiddleware(),
+{%- if cookiecutter.use_metrics %}
+        # Counts a run once its retry delay is over, and its outcome once the retry
+        # decided (taskiq calls post_execute after every on_error).
+        metrics_worker.JobMetrics(),
+{%- endif %}
     )
 
 
@@ -290,6 +309,13 @@ async def open_worker_resources(state: TaskiqState) -> None:
 {%- if cookiecutter.use_postgres %}
     state.engine = db.create_engine(settings, pool_size=min(settings.worker_concurrency, 10))
 {%- endif %}
+{%- if cookiecutter.use_metrics %}
+    # Port 0 (the tests'): any free one, read from state.metrics_server.server_port.
+    queue_depth = metrics_worker.QueueDepth(
+        settings.redis_url, settings.redis_timeout_seconds, QUEUE, DEAD_LETTERS
+    )
+    state.metrics_server, _ = metrics_worker.serve(settings.worker_metrics_port, queue_depth)
+{%- endif %}
     logger.info("worker started", extra={"environment": settings.environment})
 
 
@@ -297,20 +323,45 @@ async def close_worker_resources(state: TaskiqState) -> None:
 {%- if cookiecutter.use_postgres %}
     await state.engine.dispose()
 {%- endif %}
+{%- if cookiecutter.use_metrics %}
+    state.metrics_server.shutdown()
+    state.metrics_server.server_close()
+{%- endif %}
+{%- if cookiecutter.use_tracing %}
+    if state.tracer_provider is not None:
+        state.tracer_provider.shutdown()  # exports the spans still buffered
+{%- endif %}
     logger.info("worker stopped")
 
 
-def create_worker_broker(settings: Settings | None = None) -> AsyncBroker:
-    """The broker of a worker process: the app's, plus what the jobs use.
+def create_worker_broker(
+    settings: Settings | None = None, schedule: Sequence[periodic.Periodic] | None = None
+) -> AsyncBroker:
+    """The broker of a worker process: the app's, plus what the jobs use, and the
+    periodic jobs (periodic.SCHEDULE unless given).
 
     It reads as the consumer named after the host (the container, the pod), which the
     health check looks for.
     """
     settings = settings or get_settings()
+{%- if cookiecutter.use_tracing %}
+    # Made here, in the worker process (the batch exporter's thread would not survive a fork).
+    tracer_provider = tracing.create_tracer_provider()
+    if tracer_provider is not None:
+        tracing_worker.instrument_worker()
+    broker = create_broker(
+        settings, consumer_name=socket.gethostname(), tracer_provider=tracer_provider
+    )
+    broker.state.tracer_provider = tracer_provider
+{%- else %}
     broker = create_broker(settings, consumer_name=socket.gethostname())
+{%- endif %}
     broker.state.settings = settings
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, open_worker_resources)
     broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, close_worker_resources)
+    jobs = periodic.SCHEDULE if schedule is None else schedule
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, partial(periodic.start, broker, jobs))
+    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, periodic.stop)
     return broker
 
 
@@ -329,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0 if asyncio.run(_healthy(settings)) else 1)
     if arguments:
         sys.exit(f"usage: python -m {__name__} [replay | health]")
+{%- if cookiecutter.use_metrics %}
+    metrics_worker.reset_multiprocess_dir()
+{%- endif %}
     # One process per container: scale with more containers (replicas), each stopped
     # on its own. On SIGTERM taskiq stops reading, lets the jobs in hand finish within
     # the grace period, and leaves what it did not finish unacknowledged.
