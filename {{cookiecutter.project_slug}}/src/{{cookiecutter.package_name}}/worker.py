@@ -41,7 +41,7 @@ from taskiq.exceptions import NoResultError, SendTaskError
 from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}
+from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}{% if cookiecutter.use_kubernetes %}, worker_liveness{% endif %}
 from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.logging_config import configure_logging, request_id_var
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
@@ -280,6 +280,11 @@ def create_worker_broker(settings: Settings | None = None) -> AsyncBroker:
     broker.state.settings = settings
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, open_worker_resources)
     broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, close_worker_resources)
+{%- if cookiecutter.use_kubernetes %}
+    # The heartbeat Kubernetes' liveness probe reads (worker_liveness.py).
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, worker_liveness.start)
+    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, worker_liveness.stop)
+{%- endif %}
     return broker
 
 
