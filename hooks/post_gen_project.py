@@ -68,6 +68,9 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "src/{package}/jobs.py",
         "tests/test_jobs.py",
         "migrations/versions/0003_items_processed_at.py",
+        "src/{package}/worker_liveness.py",
+        "tests/test_worker_liveness.py",
+        "deploy/kubernetes/base/worker.yaml",
     ),
     ("include_example_api", True): (
         "src/{package}/jobs.py",
@@ -88,11 +91,14 @@ MANIFEST: dict[tuple[str, object], tuple[str, ...]] = {
         "tests/test_entrypoint_gunicorn.py",
     ),
     ("server", "uvicorn"): ("src/{package}/uvicorn_server.py", "tests/test_entrypoint_uvicorn.py"),
-    # The Deployment's init container; with Postgres only (listed there too).
+    # The Deployment's init container; with Postgres only (listed there too). The
+    # worker's liveness heartbeat; with the worker only (listed there too).
     ("use_kubernetes", True): (
         "deploy/kubernetes",
         "src/{package}/schema_gate.py",
         "tests/test_schema_gate.py",
+        "src/{package}/worker_liveness.py",
+        "tests/test_worker_liveness.py",
     ),
     ("ci", "github"): (".github",),
     ("ci", "gitlab"): (".gitlab-ci.yml", "renovate.json"),

@@ -24,10 +24,13 @@ OVERLAYS = ("local", "production")
 
 # Each option that changes a manifest, in every value: Postgres and Redis on
 # and off (together too, with metrics off), tracing, the server, and the versions
-# that change paths or images.
+# that change paths or images. The worker (off by default) is on where it changes
+# what is tested and adds no bake: with the defaults (the pod specs Docker runs,
+# the schema gate, the connection budget), without Postgres (no gate, no database
+# egress) and with tracing (the collector's egress); off in the others.
 COMBINATIONS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "no-postgres": {"use_postgres": False, "include_example_api": False},
+    "default": {"use_worker": True},
+    "no-postgres": {"use_postgres": False, "include_example_api": False, "use_worker": True},
     "no-redis": {"use_redis": False, "use_rate_limit": False},
     "all-off": {
         "use_postgres": False,
@@ -37,7 +40,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "use_metrics": False,
     },
     "uvicorn": {"server": "uvicorn"},
-    "tracing": {"use_tracing": True},
+    "tracing": {"use_tracing": True, "use_worker": True},
     "auth": {"auth": "oidc"},
     "pg18": {"postgres_version": "18"},
     "pg16-redis7": {

@@ -9,6 +9,7 @@ Layer 5 (the pod specs run under Docker) is tests/test_kubernetes_docker.py.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import json
 import os
@@ -25,7 +26,7 @@ import pytest
 import yaml
 
 from hooks.pre_gen_project import JOB_NAME_LIMIT, RELEASE_TAG_ROOM
-from tests.helpers import IN_CI, TEMPLATE_DIR, bake, run
+from tests.helpers import IN_CI, TEMPLATE_DIR, bake, context_of, run
 from tests.kubernetes import (
     COMBINATIONS,
     GROUP,
@@ -93,6 +94,12 @@ def test_overlay_renders_exactly_the_objects_the_options_need(
     }
     if ctx["use_postgres"]:
         expected |= {("Job", None), ("NetworkPolicy", f"{slug}-migrate")}
+    if ctx["use_worker"]:
+        # No Service and no autoscaler: it serves nothing, and its count is its own.
+        expected |= {
+            (kind, f"{slug}-worker")
+            for kind in ("Deployment", "PodDisruptionBudget", "NetworkPolicy")
+        }
     if overlay == "local":
         # Production's namespace is made once by hand: a prune of the overlay must not
         # delete it, and the Secret in it.
@@ -142,7 +149,9 @@ def test_a_new_release_tag_makes_a_new_job_and_changes_nothing_else(
     changed = {
         (b["kind"], b["metadata"]["name"]) for b, a in zip(before, after, strict=True) if b != a
     }
-    assert changed == {("Deployment", slug), ("Job", f"{slug}-migrate-0.1.0")}
+    # The worker runs the release's image too.
+    worker = {("Deployment", f"{slug}-worker")} if context("default")["use_worker"] else set()
+    assert changed == {("Deployment", slug), ("Job", f"{slug}-migrate-0.1.0"), *worker}
 
 
 @pytest.mark.parametrize("name", ["default", "all-off"])
@@ -265,8 +274,9 @@ def test_every_object_is_valid_for_kubernetes(
 def test_strict_validation_catches_a_misspelt_field(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    slug = context("default")["project_slug"]
     deployment = json.loads(
-        json.dumps(one(docs_for("default", "local", tmp_path_factory), "Deployment"))
+        json.dumps(one(docs_for("default", "local", tmp_path_factory), "Deployment", slug))
     )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["readinessProbe"]["periodSecond"] = container["readinessProbe"].pop("periodSeconds")
@@ -677,6 +687,15 @@ def test_the_settings_fit_kubernetes(
         if "=" in line and not re.match(r"#(?! OTEL_)", line)
     }
     assert set(settings) <= documented
+    # What a deployer of each chosen option sets, stated where the settings are (its
+    # documented default: the overlays change what they say why for), and nothing of
+    # an option not chosen.
+    ctx = context(name)
+    own = {"RATE_LIMIT_DEFAULT": ctx["use_rate_limit"], "WORKER_CONCURRENCY": ctx["use_worker"]}
+    assert {key for key, chosen in own.items() if chosen} == set(settings) & set(own)
+    defaults = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    if ctx["use_rate_limit"]:
+        assert settings["RATE_LIMIT_DEFAULT"] == defaults["RATE_LIMIT_DEFAULT"]
 
 
 # Where the production overlay states the database's connection budget, once.
@@ -693,9 +712,32 @@ def connections_per_process(project: Path, settings: dict[str, str]) -> int:
     return pool + sum(int(size) + int(overflow) for size, overflow in extra)
 
 
+# The engine a worker process opens for its jobs (worker.py), at most this many connections.
+WORKER_ENGINE = re.compile(
+    r"db\.create_engine\(settings, pool_size=min\(settings\.worker_concurrency, (\d+)\)\)"
+)
+
+
+def worker_connections(project: Path, docs: list[dict[str, Any]], slug: str) -> int:
+    """Every worker pod's engine at its fullest: the Deployment's count, no surge pod."""
+    workers = [d for d in objects(docs, "Deployment") if d["metadata"]["name"] == f"{slug}-worker"]
+    if not workers:
+        return 0
+    [worker] = workers
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "a surge pod is uncounted"
+    package = next((project / "src").iterdir())
+    found = WORKER_ENGINE.findall((package / "worker.py").read_text())
+    assert len(found) == 1, "the worker's engine changed: count its connections here"
+    settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", (project / ".env.example").read_text(), re.M))
+    settings |= one(docs, "ConfigMap")["data"]
+    pool = min(int(settings["WORKER_CONCURRENCY"]), int(found[0]))
+    return int(worker["spec"]["replicas"]) * (pool + int(settings["DATABASE_MAX_OVERFLOW"]))
+
+
 def connections_at_the_most(project: Path, docs: list[dict[str, Any]], slug: str) -> int:
     """Every server process of the most pods the rollout and the autoscaler allow, plus
-    each migration Job's one. An init container is done before its app opens the pool."""
+    each migration Job's one and every worker's pool. An init container is done before
+    its app opens the pool."""
     example = (project / ".env.example").read_text()
     settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
     settings |= one(docs, "ConfigMap")["data"]
@@ -703,7 +745,7 @@ def connections_at_the_most(project: Path, docs: list[dict[str, Any]], slug: str
     rollout = one(docs, "Deployment", slug)["spec"]["strategy"]["rollingUpdate"]
     pods = int(hpa["spec"]["maxReplicas"]) + int(rollout["maxSurge"])
     per_pod = int(settings["WEB_CONCURRENCY"]) * connections_per_process(project, settings)
-    return pods * per_pod + len(objects(docs, "Job"))
+    return pods * per_pod + len(objects(docs, "Job")) + worker_connections(project, docs, slug)
 
 
 @GROUP
@@ -838,6 +880,180 @@ def test_grace_period_covers_prestop_and_the_server_graceful_timeout(
     assert pre_stop >= 3, "endpoints need a moment to drop the pod before SIGTERM"
     # The kubelet's SIGKILL comes only after preStop and the server's own timeout.
     assert 0 < pod["terminationGracePeriodSeconds"] - pre_stop - graceful <= 10
+
+
+# --- the worker (use_worker) --------------------------------------------------------------
+
+WORKER_CASES = [
+    pytest.param(name, overlay, id=f"{name}-{overlay}", marks=GROUP)
+    for name in COMBINATIONS
+    if context(name)["use_worker"]
+    for overlay in OVERLAYS
+]
+
+
+def worker_of(docs: list[dict[str, Any]], slug: str) -> dict[str, Any]:
+    return one(docs, "Deployment", f"{slug}-worker")
+
+
+@pytest.mark.parametrize(("name", "overlay"), WORKER_CASES)
+def test_the_worker_runs_the_apps_image_settings_and_hardening_scaled_on_its_own(
+    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    docs = docs_for(name, overlay, tmp_path_factory)
+    ctx = context(name)
+    slug = ctx["project_slug"]
+    app = one(docs, "Deployment", slug)["spec"]["template"]["spec"]
+    deployment = worker_of(docs, slug)
+    pod = deployment["spec"]["template"]["spec"]
+    [worker] = pod["containers"]
+    [app_container] = [c for c in app["containers"] if c["name"] == "app"]
+    assert worker["command"] == ["python", "-m", f"{ctx['package_name']}.worker"]
+    assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == (
+        "worker"
+    )
+    # The same image, identity, hardening, scratch volume, settings and secrets as the app.
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken",
+                "enableServiceLinks", "volumes"):  # fmt: skip
+        assert pod[key] == app[key], key
+    for key in ("image", "imagePullPolicy", "securityContext", "envFrom", "env", "volumeMounts"):
+        assert worker[key] == app_container[key], key
+    # The same schema gate when it touches the database; none without one.
+    assert pod.get("initContainers") == app.get("initContainers")
+    assert ("initContainers" in pod) == ctx["use_postgres"]
+    if ctx["use_postgres"]:
+        job = one(docs, "Job")
+        assert deployment["spec"]["progressDeadlineSeconds"] > job["spec"]["activeDeadlineSeconds"]
+    # It serves no requests: no Service names it (its one port with metrics is its own
+    # /metrics, see the NetworkPolicy test).
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    services = [d["spec"]["selector"].items() for d in docs if d["kind"] == "Service"]
+    assert services and not [s for s in services if s <= labels.items()]
+    # Its own count, set per overlay; no autoscaler moves it.
+    replicas = deployment["spec"]["replicas"]
+    assert replicas == {"local": 1, "production": 2}[overlay]
+    autoscalers = objects(docs, "HorizontalPodAutoscaler")
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in autoscalers} == {slug}
+    # A drain evicts one worker at a time, an unready one (Redis down) at once.
+    pdb = one(docs, "PodDisruptionBudget", f"{slug}-worker")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    spreads = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert spreads["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert spreads["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+@pytest.mark.parametrize(("name", "overlay"), WORKER_CASES)
+def test_the_workers_probes_mean_something_and_never_restart_it_for_redis(
+    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    docs = docs_for(name, overlay, tmp_path_factory)
+    ctx = context(name)
+    project = baked(name, tmp_path_factory)
+    package = ctx["package_name"]
+    [worker] = worker_of(docs, ctx["project_slug"])["spec"]["template"]["spec"]["containers"]
+    # Started and ready: this pod's worker joined the consumer group (it reached Redis
+    # and reads), by the command compose's health check runs.
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    health = compose["services"]["worker"]["healthcheck"]["test"][1:]
+    assert health == ["python", "-m", f"{package}.worker", "health"]
+    assert worker["startupProbe"]["exec"]["command"] == health
+    assert worker["readinessProbe"]["exec"]["command"] == health
+    # Alive: the heartbeat its event loop touches, a module that cannot reach Redis
+    # (it imports the standard library only), so an outage never restarts workers.
+    liveness = worker["livenessProbe"]
+    assert liveness["exec"]["command"] == ["python", "-m", f"{package}.worker_liveness"]
+    module = project / "src" / package / "worker_liveness.py"
+    imported = {
+        ((node.module or "") if isinstance(node, ast.ImportFrom) else alias.name).partition(".")[0]
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+    constants = dict(re.findall(r"^([A-Z_]+) = ([\d.]+)$", module.read_text(), re.MULTILINE))
+    # Several beats fit in the staleness window, which the probe's failures then add to.
+    assert 2 * float(constants["INTERVAL_SECONDS"]) <= float(constants["STALE_SECONDS"])
+    for probe in (worker["startupProbe"], worker["readinessProbe"], liveness):
+        assert probe["timeoutSeconds"] <= probe["periodSeconds"]
+        assert "httpGet" not in probe
+    # No preStop pause: a worker leaves no Service's endpoints.
+    assert "lifecycle" not in worker
+
+
+@pytest.mark.parametrize(("name", "overlay"), WORKER_CASES)
+def test_the_workers_grace_covers_its_graceful_shutdown(
+    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """SIGTERM: the worker stops reading, finishes the jobs in hand and closes within
+    GRACEFUL_TIMEOUT_SECONDS (worker.py); the kubelet's SIGKILL comes only after it."""
+    docs = docs_for(name, overlay, tmp_path_factory)
+    project = baked(name, tmp_path_factory)
+    example = (project / ".env.example").read_text()
+    settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    settings |= one(docs, "ConfigMap")["data"]
+    graceful = float(settings["GRACEFUL_TIMEOUT_SECONDS"])
+    pod = worker_of(docs, context(name)["project_slug"])["spec"]["template"]["spec"]
+    assert 0 < pod["terminationGracePeriodSeconds"] - graceful <= 10
+
+
+@pytest.mark.parametrize(("name", "overlay"), WORKER_CASES)
+def test_the_worker_accepts_only_scrapes_and_reaches_its_queue_database_and_dns_only(
+    name: str, overlay: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    docs = docs_for(name, overlay, tmp_path_factory)
+    ctx = context(name)
+    project = baked(name, tmp_path_factory)
+    policy = one(docs, "NetworkPolicy", f"{ctx['project_slug']}-worker")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    [container] = one(docs, "Deployment", f"{ctx['project_slug']}-worker")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    if ctx["use_metrics"]:
+        # Its one port is its own /metrics (WORKER_METRICS_PORT), reached by the peer
+        # that scrapes the app, and by no other.
+        port = re.search(
+            r"^WORKER_METRICS_PORT=(\d+)$", (project / ".env.example").read_text(), re.M
+        )
+        assert port is not None
+        assert container["ports"] == [
+            {"name": "metrics", "containerPort": int(port[1]), "protocol": "TCP"}
+        ]
+        web = one(docs, "NetworkPolicy", f"{ctx['project_slug']}-web")["spec"]["ingress"]
+        [scrape] = [rule for rule in web if "monitoring" in str(rule["from"])]
+        assert policy["spec"]["ingress"] == [
+            {"from": scrape["from"], "ports": [{"port": "metrics", "protocol": "TCP"}]}
+        ]
+    else:
+        assert "ports" not in container
+        assert "ingress" not in policy["spec"], "the worker serves nothing"
+    # What the worker uses: its queue, its jobs' database, the collector of its spans;
+    # not the issuer (it verifies no token).
+    keys = {"DATABASE_URL", "REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+    needed = egress_the_settings_need(project, overlay, docs, keys=keys)
+    assert canonical(policy["spec"]["egress"]) == canonical(needed)
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert 6379 in ports and (5432 in ports) == ctx["use_postgres"]
+    assert (4318 in ports) == ctx["use_tracing"]
+    assert 443 not in ports
+
+
+def test_without_kubernetes_the_worker_has_no_heartbeat(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The heartbeat is the liveness probe's: a worker baked without Kubernetes neither
+    ships nor starts it."""
+    project = bake(tmp_path_factory.mktemp("worker-no-k8s"), use_worker=True, use_kubernetes=False)
+    package = project / "src" / context_of(use_worker=True)["package_name"]
+    assert (package / "worker.py").exists()
+    assert not (package / "worker_liveness.py").exists()
+    assert not (project / "tests" / "test_worker_liveness.py").exists()
+    assert not (project / KUBERNETES_DIR).exists()
+    for path in (package / "worker.py", project / "README.md"):
+        assert "worker_liveness" not in path.read_text(), path
+    # And the worker still compiles without it.
+    compile((package / "worker.py").read_text(), "worker.py", "exec")
 
 
 @GROUP

@@ -83,7 +83,8 @@ PYTHON_WITH_CONDITIONALS = {
     "tests/test_settings_cache.py",
     # The loggers the chosen server writes to, which the JSON handler takes over.
     f"src/{PACKAGE_DIR}/logging_config.py",
-    # The worker: the example's job module, and the database engine jobs get with Postgres.
+    # The worker: the example's job module, the database engine jobs get with Postgres,
+    # and the heartbeat of Kubernetes' liveness probe.
     f"src/{PACKAGE_DIR}/worker.py",
     # The worker's test plugin: each worker's /metrics port (a free one), with metrics.
     "tests/plugins/worker.py",

@@ -48,7 +48,7 @@ from taskiq.exceptions import NoResultError, SendTaskError
 from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_redis import RedisStreamBroker
 
-from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}{% if cookiecutter.use_metrics %}, metrics_worker{% endif %}, periodic{% if cookiecutter.use_tracing %}, tracing, tracing_worker{% endif %}
+from {{ cookiecutter.package_name }} import cache{% if cookiecutter.use_postgres %}, db{% endif %}{% if cookiecutter.use_metrics %}, metrics_worker{% endif %}, periodic{% if cookiecutter.use_tracing %}, tracing, tracing_worker{% endif %}{% if cookiecutter.use_kubernetes %}, worker_liveness{% endif %}
 from {{ cookiecutter.package_name }}.errors import Dependency
 from {{ cookiecutter.package_name }}.logging_config import configure_logging, request_id_var
 from {{ cookiecutter.package_name }}.settings import Settings, get_settings
@@ -362,6 +362,11 @@ def create_worker_broker(
     jobs = periodic.SCHEDULE if schedule is None else schedule
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, partial(periodic.start, broker, jobs))
     broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, periodic.stop)
+{%- if cookiecutter.use_kubernetes %}
+    # The heartbeat Kubernetes' liveness probe reads (worker_liveness.py).
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, worker_liveness.start)
+    broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, worker_liveness.stop)
+{%- endif %}
     return broker
 
 
