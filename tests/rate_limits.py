@@ -76,9 +76,10 @@ def unchecked_reads(stack: ComposeStack) -> float:
     return sum(float(value) for value in _UNCHECKED_READS.findall(stack.get("/metrics").text))
 
 
-# The processes uvicorn's supervisor spawns (multiprocessing's spawn start method).
+# The processes uvicorn's supervisor spawns (multiprocessing's spawn start method gives
+# each this argument). Split, or this command's own line would be counted.
 _COUNT_WORKERS = (
-    "import pathlib; print(sum(b'multiprocessing.spawn' in p.read_bytes()"
+    "import pathlib; print(sum(b'--multiprocessing' b'-fork' in p.read_bytes()"
     " for p in pathlib.Path('/proc').glob('[0-9]*/cmdline')))"
 )
 

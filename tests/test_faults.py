@@ -3,7 +3,9 @@ a dropped connection, and the service recovers by itself.
 
 One default stack per server choice; the cases run on it one after another, each with
 concurrent clients running before, during and after the fault, every status and every
-transport error counted.
+transport error counted. Both stacks have rate limits on (the uvicorn variant has them
+off elsewhere), so the limiter is in every read's path during the Redis faults, and the
+uvicorn stack is where one count across processes is checked for that server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from tests.compose import STACKS_KEY, ComposeStack
 from tests.helpers import VARIANTS, bake, require_docker, run
+from tests.rate_limits import assert_one_count, limited_replicas, server_workers
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("faults")]
 
@@ -44,7 +47,7 @@ def fault_stack(
     variant: str = request.param
     project = bake(
         tmp_path_factory.mktemp(f"faults-{variant}"),
-        **VARIANTS[variant],
+        **{**VARIANTS[variant], "use_rate_limit": True},
         project_name=f"Faults {variant}",
     )
     with (project / ".env").open("a") as env:
@@ -255,3 +258,22 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
     memory_after = stack.memory_bytes("app") / 2**20
     record_property("figure", f"{case}: app memory {memory_before:.0f} -> {memory_after:.0f} MiB")
     assert memory_after < memory_before * 1.5 + 20, "app memory grew during the fault"
+
+
+RATE_LIMIT = 20
+
+
+# The gunicorn server's count across processes is checked on tests/test_failure_modes.py's
+# stack; this is the other server's.
+@pytest.mark.parametrize("fault_stack", ["uvicorn"], indirect=True)
+def test_one_client_gets_the_limit_in_total_across_uvicorn_processes(
+    fault_stack: ComposeStack,
+    request: pytest.FixtureRequest,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """Two containers of WEB_CONCURRENCY (2) uvicorn workers each, one count."""
+    request.node.stash[STACKS_KEY] = [fault_stack]
+    assert server_workers(fault_stack) == int(fault_stack.dotenv()["WEB_CONCURRENCY"]) == 2
+    with limited_replicas(fault_stack, RATE_LIMIT) as urls:
+        shares = assert_one_count(urls, RATE_LIMIT)
+    record_property("figure", f"rate limit across 2 containers x 2 uvicorn workers: {shares}")
