@@ -180,12 +180,13 @@ class RateLimiter:
     async def hit(self, quota: RateLimitItem, *identifiers: str) -> tuple[bool, WindowStats]:
         """The strategy's ``hit``, then its ``get_window_stats``, in one round trip.
 
-        limits has no call that returns both, and its two calls are two round trips (a
-        third of the check's CPU, measured). This sends the same two scripts of its own
-        (its redis-py bridge's, with the keys and arguments its ``acquire_entry`` and
-        ``get_moving_window`` give them) as one pipeline, no script of ours; the service's
-        tests compare the answer with the strategy's. Not a transaction: the hit is atomic
-        in its script, and the window read just after it is what get_window_stats says.
+        limits has no call that returns both, and its two calls are two round trips
+        (measured: a third more client CPU per check, and one more wait). This sends the
+        same two scripts of its own (its redis-py bridge's, with the keys and arguments
+        its ``acquire_entry`` and ``get_moving_window`` give them) as one pipeline, no
+        script of ours; the service's tests compare the answer with the strategy's. Not
+        a transaction: the hit is atomic in its script, and the window read just after
+        it is what get_window_stats says.
         """
         key = self.scripts.prefixed_key(quota.key_for(*identifiers))
         expiry = quota.get_expiry()
