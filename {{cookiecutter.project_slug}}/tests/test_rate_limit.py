@@ -201,12 +201,16 @@ async def test_one_round_trip_answers_what_the_strategys_own_calls_answer(
 async def test_a_redis_that_forgot_the_scripts_is_given_them_again(
     app: FastAPI, client: AsyncClient
 ) -> None:
-    """A restarted Redis has no scripts: the check loads them, and counts the request once."""
+    """A restarted Redis has no scripts: the check loads them, and counts the request once,
+    whether it lacked both or only the window read's."""
     limiter: rate_limit.RateLimiter = app.state.rate_limiter
     assert remaining(await client.get("/test/plain")) == LIMIT - 1
     await limiter.redis.script_flush()
     assert remaining(await client.get("/test/plain")) == LIMIT - 2
+    await limiter.redis.script_flush()
+    await limiter.window.hit(parse("1/minute"), "test", "loads the hit's script only")
     assert remaining(await client.get("/test/plain")) == 0
+    assert (await client.get("/test/plain")).status_code == 429
 
 
 @pytest.fixture
