@@ -11,9 +11,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 
 from tests.compose import STACKS_KEY, ComposeStack
 from tests.helpers import IN_CI, TEMPLATE_DIR, VARIANTS, bake, machine_load, require_docker, run
+from tests.rate_limits import UNCHECKED, assert_one_count, limited_replicas, unchecked_reads
 
 GROUP = pytest.mark.xdist_group("failure-modes")
 
@@ -247,27 +246,13 @@ def test_losing_redis_degrades_to_503_and_recovers(
 # --- rate limits across processes (use_rate_limit) ------------------------------------------
 
 RATE_LIMIT = 20
-# The limiter's one WARNING per outage, per worker process.
-UNCHECKED = "rate limits are not checked while Redis is unavailable"
 
 
 @pytest.fixture
 def two_containers(stack: ComposeStack) -> Iterator[list[str]]:
-    """The stack's app as two containers of two workers each at RATE_LIMIT a minute, on the
-    stack's one Redis; their URLs. Afterwards one container at the former limit again."""
-    former = stack.dotenv()["RATE_LIMIT_DEFAULT"]
-    scale = ["up", "--detach", "--wait", "--no-deps", "--scale"]
-    stack.set_env_file("RATE_LIMIT_DEFAULT", f"{RATE_LIMIT}/minute")
-    try:
-        stack.compose(*scale, "app=2", "app")
-        ports = [
-            stack.compose("port", "--index", str(index), "app", "8000").stdout.strip()
-            for index in (1, 2)
-        ]
-        yield [f"http://127.0.0.1:{port.rsplit(':', 1)[1]}" for port in ports]
-    finally:
-        stack.set_env_file("RATE_LIMIT_DEFAULT", former)
-        stack.compose(*scale, "app=1", "app")
+    """Two containers of two gunicorn workers each at RATE_LIMIT a minute; their URLs."""
+    with limited_replicas(stack, RATE_LIMIT) as urls:
+        yield urls
 
 
 @pytest.mark.docker
@@ -276,28 +261,8 @@ def test_one_client_gets_the_limit_in_total_across_containers_and_workers(
     two_containers: list[str], record_property: Callable[[str, object], None]
 ) -> None:
     """Four processes, one count: N in the window, not N per process (4 N)."""
-    statuses: dict[str, list[int]] = {url: [] for url in two_containers}
-
-    def call(index: int) -> None:
-        url = two_containers[index % 2]
-        # A connection per request, so each container's workers share the requests.
-        statuses[url].append(httpx.get(f"{url}/api/items", timeout=10).status_code)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(call, range(4 * RATE_LIMIT)))
-    every = [status for answers in statuses.values() for status in answers]
-    assert sorted(set(every)) == [200, 429]
-    assert every.count(200) == RATE_LIMIT, {url: Counter(a) for url, a in statuses.items()}
-    assert all(429 in answers for answers in statuses.values())
-    refused = httpx.get(f"{two_containers[0]}/api/items", timeout=10)
-    assert refused.status_code == 429
-    assert 0 < int(refused.headers["Retry-After"]) <= 60
-    assert refused.headers["RateLimit-Policy"] == f'"default";q={RATE_LIMIT};w=60'
-    record_property(
-        "figure",
-        "rate limit across 2 containers x 2 workers: "
-        + ", ".join(f"{Counter(a)[200]} of {len(a)} allowed" for a in statuses.values()),
-    )
+    shares = assert_one_count(two_containers, RATE_LIMIT)
+    record_property("figure", f"rate limit across 2 containers x 2 gunicorn workers: {shares}")
 
 
 @pytest.mark.docker
@@ -325,6 +290,55 @@ def test_rate_limited_routes_answer_while_redis_is_paused(
         "figure",
         f"Redis paused: 6 requests answered 200 unchecked in {elapsed:.1f} s, "
         f"{warnings} warning(s); checked again {back:.1f} s after unpause",
+    )
+
+
+# Reads during the outage: more than the workers, so a WARNING per request would show.
+UNCHECKED_READS = 8
+
+
+@pytest.mark.docker
+@GROUP
+def test_rate_limits_while_redis_is_stopped_fail_open_or_closed_per_route(
+    stack: ComposeStack, record_property: Callable[[str, object], None]
+) -> None:
+    """Redis stopped (refused at once, unlike paused): the items' reads pass unchecked,
+    counted by the metric, each worker warning once for the episode; the writes, whose
+    policy fails closed, answer 503 with Retry-After, never 500. Redis back, both are
+    limited again."""
+    # Every worker that met an earlier outage (the pause before) has found Redis again,
+    # so this one is new to it: a worker still in its recheck second answers unchecked.
+    wait_for(
+        lambda: all(
+            "RateLimit" in stack.get("/api/items").headers for _ in range(2 * UNCHECKED_READS)
+        ),
+        30,
+        "every worker checking the limits",
+    )
+    unchecked_before = unchecked_reads(stack)
+    since = stack.compose("exec", "-T", "app", "date", "-u", "+%Y-%m-%dT%H:%M:%SZ").stdout.strip()
+    with dependency_stopped(stack, "redis", "redis") as timings:
+        reads = [stack.get("/api/items", timeout=10) for _ in range(UNCHECKED_READS)]
+        write = httpx.post(stack.url("/api/items"), json={"name": "unchecked"}, timeout=10)
+        unchecked = unchecked_reads(stack) - unchecked_before
+    assert [read.status_code for read in reads] == [200] * UNCHECKED_READS
+    assert all("RateLimit" not in read.headers for read in reads), "no count, no claim"
+    assert write.status_code == 503, write.text
+    assert write.headers["content-type"] == "application/problem+json"
+    assert int(write.headers["Retry-After"]) > 0
+    assert unchecked == UNCHECKED_READS
+    logs = stack.compose("logs", "--no-color", "--since", since, "app").stdout
+    warnings = logs.count(UNCHECKED)
+    assert 1 <= warnings <= 2, logs  # one per worker that met the outage, never per request
+    back = wait_for(lambda: "RateLimit" in stack.get("/api/items").headers, 30, "limits back")
+    written = httpx.post(stack.url("/api/items"), json={"name": "checked"}, timeout=10)
+    assert written.status_code == 201, written.text
+    assert written.headers["RateLimit-Policy"].startswith('"create_item";')
+    record_property(
+        "figure",
+        f"Redis stopped: {UNCHECKED_READS} reads 200 unchecked (metric +{unchecked:.0f}), "
+        f"the write 503, {warnings} warning(s); limits back {back:.1f} s after "
+        f"/health/dependencies ({timings['recovered']:.1f} s after the start)",
     )
 
 

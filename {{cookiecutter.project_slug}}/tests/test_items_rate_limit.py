@@ -7,15 +7,16 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from limits import WindowStats
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 @pytest.fixture
 def redis_down(app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def hit(*_args: Any, **_kwargs: Any) -> bool:
+    async def hit(*_args: Any, **_kwargs: Any) -> tuple[bool, WindowStats]:
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(app.state.rate_limiter.window, "hit", hit)
+    monkeypatch.setattr(app.state.rate_limiter, "hit", hit)
 
 
 async def test_each_write_has_its_own_count(client: AsyncClient) -> None:

@@ -16,7 +16,7 @@ from taskiq_redis import RedisStreamBroker
 from {{ cookiecutter.package_name }}.jobs import enqueue_unprocessed, mark_processed
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
-from {{ cookiecutter.package_name }}.worker import QUEUE
+from {{ cookiecutter.package_name }}.worker import QUEUE, create_broker
 from tests.plugins.worker import eventually
 
 pytestmark = pytest.mark.services
@@ -55,17 +55,22 @@ async def test_a_deleted_item_needs_no_processing(client: AsyncClient, app: Fast
 
 async def test_a_failed_enqueue_is_a_503_problem(client: AsyncClient, settings: Settings) -> None:
     # `client` resets the database afterwards, and carries the token when the service
-    # authenticates callers; this app's Redis is a closed port.
-    down = settings.model_copy(
-        update={"redis_url": "redis://127.0.0.1:1/15", "redis_timeout_seconds": 1.0}
-    )
-    app = create_app(down)
+    # authenticates callers. Only the queue is down (a broker on a closed port): the rest
+    # of the app, its rate limits too, still reaches Redis, so the 503 is the enqueue's.
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
+        down = settings.model_copy(
+            update={"redis_url": "redis://127.0.0.1:1/15", "redis_timeout_seconds": 1.0}
+        )
+        app.state.broker = create_broker(down)
         transport = ASGITransport(app=app, raise_app_exceptions=False)
-        async with AsyncClient(
-            transport=transport, base_url="http://test", headers=client.headers
-        ) as http:
-            response = await http.post("/api/items", json={"name": "widget"})
+        try:
+            async with AsyncClient(
+                transport=transport, base_url="http://test", headers=client.headers
+            ) as http:
+                response = await http.post("/api/items", json={"name": "widget"})
+        finally:
+            await app.state.broker.shutdown()
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from limits import WindowStats
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from {{ cookiecutter.package_name }}.main import create_app
@@ -44,10 +45,10 @@ async def test_allowed_and_limited_requests_are_counted_and_scrapes_are_exempt(
 async def test_requests_passed_unchecked_without_redis_are_counted(
     app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def hit(*_args: Any, **_kwargs: Any) -> bool:
+    async def hit(*_args: Any, **_kwargs: Any) -> tuple[bool, WindowStats]:
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(app.state.rate_limiter.window, "hit", hit)
+    monkeypatch.setattr(app.state.rate_limiter, "hit", hit)
     before = await decisions(client, "unchecked")
     assert (await client.get(ROUTE)).status_code == 200
     assert await decisions(client, "unchecked") == before + 1

@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 from fastapi import FastAPI, HTTPException
 from httpx import ASGITransport, AsyncClient, Response
+from limits import WindowStats, parse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -178,6 +179,40 @@ async def test_forwarded_for_counts_only_from_a_trusted_proxy(peer: Any) -> None
         assert remaining(answer) == LIMIT - 1
 
 
+async def test_one_round_trip_answers_what_the_strategys_own_calls_answer(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    """RateLimiter.hit drives the library's scripts itself: the same count and window as
+    limits' hit and get_window_stats (red the day limits changes what its scripts take)."""
+    limiter: rate_limit.RateLimiter = app.state.rate_limiter
+    quota, own, library = parse("3/minute"), ("test", "one-trip"), ("test", "strategy")
+    # The strategy loads its scripts, so that every hit below takes the one round trip.
+    await limiter.window.get_window_stats(quota, *library)
+    for _ in range(4):
+        allowed, stats = await limiter.hit(quota, *own)
+        assert allowed == await limiter.window.hit(quota, *library)
+        expected = await limiter.window.get_window_stats(quota, *library)
+        assert stats.remaining == expected.remaining
+        assert abs(stats.reset_time - expected.reset_time) < 1.0
+    assert (allowed, stats.remaining) == (False, 0)
+    assert stats == await limiter.window.get_window_stats(quota, *own)
+
+
+async def test_a_redis_that_forgot_the_scripts_is_given_them_again(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    """A restarted Redis has no scripts: the check loads them, and counts the request once,
+    whether it lacked both or only the window read's."""
+    limiter: rate_limit.RateLimiter = app.state.rate_limiter
+    assert remaining(await client.get("/test/plain")) == LIMIT - 1
+    await limiter.redis.script_flush()
+    assert remaining(await client.get("/test/plain")) == LIMIT - 2
+    await limiter.redis.script_flush()
+    await limiter.window.hit(parse("1/minute"), "test", "loads the hit's script only")
+    assert remaining(await client.get("/test/plain")) == 0
+    assert (await client.get("/test/plain")).status_code == 429
+
+
 @pytest.fixture
 def redis_down(app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Make the limiter's Redis calls fail while the returned flag is set; retry at once.
@@ -187,14 +222,14 @@ def redis_down(app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatc
     down = [True]
     monkeypatch.setattr(rate_limit, "RECHECK_SECONDS", 0.0)
 
-    async def hit(*args: Any, **kwargs: Any) -> bool:
+    async def hit(*args: Any, **kwargs: Any) -> tuple[bool, WindowStats]:
         if down[0]:
             raise RedisConnectionError("Connection refused")
         return await original(*args, **kwargs)
 
     limiter: rate_limit.RateLimiter = app.state.rate_limiter
-    original = limiter.window.hit
-    monkeypatch.setattr(limiter.window, "hit", hit)
+    original = limiter.hit
+    monkeypatch.setattr(limiter, "hit", hit)
     return down
 
 
@@ -234,13 +269,13 @@ async def test_a_check_that_fails_slowly_is_not_tried_again_at_once(
     clock = [1000.0]
     tries: list[float] = []
 
-    async def hung(*_args: Any, **_kwargs: Any) -> bool:
+    async def hung(*_args: Any, **_kwargs: Any) -> tuple[bool, WindowStats]:
         tries.append(clock[0])
         clock[0] += 5.0  # REDIS_TIMEOUT_SECONDS go by
         raise RedisConnectionError("Timeout reading from socket")
 
     monkeypatch.setattr(rate_limit, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(app.state.rate_limiter.window, "hit", hung)
+    monkeypatch.setattr(app.state.rate_limiter, "hit", hung)
     await client.get("/test/plain")
     await client.get("/test/plain")
     assert tries == [1000.0]

@@ -1,4 +1,4 @@
-"""Tracing and the rate limits: the limiter's Redis round trips are spans of the request."""
+"""Tracing and the rate limits: the limiter's Redis round trip is a span of the request."""
 
 from __future__ import annotations
 
@@ -35,5 +35,5 @@ async def test_a_limited_request_has_the_limiters_redis_spans(
             for a in s.attributes
         )
     ]
-    # The hit and the window's state: two round trips, each a Lua script.
-    assert len(redis) == 2, [s.name for s in children]
+    # The hit and the window's state: one round trip (a pipeline of two Lua scripts).
+    assert len(redis) == 1, [s.name for s in children]
