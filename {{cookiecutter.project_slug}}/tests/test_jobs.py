@@ -55,8 +55,8 @@ async def test_a_deleted_item_needs_no_processing(client: AsyncClient, app: Fast
 
 async def test_a_failed_enqueue_is_a_503_problem(client: AsyncClient, settings: Settings) -> None:
     # `client` resets the database afterwards, and carries the token when the service
-    # authenticates callers. Only the queue is down (a broker on a closed port): the rest
-    # of the app, its rate limits too, still reaches Redis, so the 503 is the enqueue's.
+    # authenticates callers. Only the queue is down (a broker on a closed port): whatever
+    # else the app does with Redis still works, so the 503 is the enqueue's.
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         down = settings.model_copy(

@@ -284,6 +284,27 @@ async def test_a_check_that_fails_slowly_is_not_tried_again_at_once(
     assert len(tries) == 2
 
 
+async def test_requests_during_an_outage_do_not_put_off_the_next_try(
+    app: FastAPI, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady load a request comes within every RECHECK_SECONDS: each passes (or
+    fails closed) without asking Redis, and must not move the next try later, or the
+    limits would never be checked again while requests keep coming."""
+    clock = [1000.0]
+    tries: list[float] = []
+
+    async def down(*_args: Any, **_kwargs: Any) -> tuple[bool, WindowStats]:
+        tries.append(clock[0])
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(rate_limit, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(app.state.rate_limiter, "hit", down)
+    for _ in range(4):  # a request every half interval
+        await client.get("/test/plain")
+        clock[0] += rate_limit.RECHECK_SECONDS / 2
+    assert tries == [1000.0, 1000.0 + rate_limit.RECHECK_SECONDS]
+
+
 async def test_a_route_that_fails_closed_answers_503_without_redis(
     client: AsyncClient, redis_down: list[bool]
 ) -> None:

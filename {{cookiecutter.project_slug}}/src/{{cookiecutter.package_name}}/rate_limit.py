@@ -97,6 +97,10 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+class StillUnavailableError(RedisConnectionError):
+    """Raised without asking Redis, within RECHECK_SECONDS of its last failure."""
+
+
 class RateLimiter:
     """One per worker: the moving window over the app's Redis pool, and the episode state."""
 
@@ -141,7 +145,10 @@ class RateLimiter:
         except Exception as error:
             if not is_unavailable(error):
                 raise
-            self._unavailable(error)
+            if not isinstance(error, StillUnavailableError):
+                # Only a real attempt moves the next one: under steady load a request
+                # comes within every RECHECK_SECONDS, and Redis would never be asked again.
+                self._unavailable(error)
             if policy.fail_closed:
                 raise  # the 503 naming Redis (errors.py)
             self.on_decision(route, "unchecked")
@@ -160,7 +167,7 @@ class RateLimiter:
         """Whether the request fits, then what is left and the seconds until more is."""
         now = monotonic()
         if self.unavailable_since is not None and now < self.retry_at:
-            raise RedisConnectionError("Redis was unavailable moments ago")
+            raise StillUnavailableError("Redis was unavailable moments ago")
         # Before the attempt too: requests meanwhile do not all wait on the same outage.
         self.retry_at = now + RECHECK_SECONDS
         allowed, stats = await self.hit(quota, *identifiers)
