@@ -6,8 +6,9 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
 
-from {{ cookiecutter.package_name }}.cache import RedisDep
+from {{ cookiecutter.package_name }}.cache import RedisDep, create_redis
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -15,6 +16,21 @@ from {{ cookiecutter.package_name }}.settings import Settings
 async def test_the_redis_pool_round_trips_a_value(app: FastAPI, client: AsyncClient) -> None:
     await app.state.redis.set("greeting", "hello", ex=60)
     assert await app.state.redis.get("greeting") == "hello"
+
+
+async def test_a_connection_redis_closed_is_replaced_not_an_outage(settings: Settings) -> None:
+    """After a Redis restart every pooled connection is closed: the next command on one
+    must get a new connection, not fail (a 503, or writes the rate limits refuse)."""
+    redis = create_redis(settings)
+    try:
+        assert await redis.ping()
+        pooled = await redis.client_id()  # the pool's one connection, reused below
+        async with Redis.from_url(settings.redis_url) as admin:
+            assert await admin.client_kill_filter(_id=str(pooled)) == 1
+        assert await redis.ping()
+        assert await redis.client_id() != pooled
+    finally:
+        await redis.aclose()
 
 
 async def test_an_unreachable_redis_is_a_503(settings: Settings) -> None:

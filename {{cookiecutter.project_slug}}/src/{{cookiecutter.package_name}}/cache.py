@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
 
 from {{ cookiecutter.package_name }}.errors import Dependency
@@ -20,6 +22,11 @@ def create_redis(settings: Settings) -> Redis:
         socket_connect_timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
+        # A pooled connection Redis closed (a restart, its idle timeout) fails its next
+        # command: sent once more, on a new connection, rather than answered as an outage
+        # (a 503, writes refused by the rate limits). Not on a timeout: a hung Redis would
+        # cost every caller two.
+        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         decode_responses=True,
     )
 
