@@ -68,3 +68,15 @@ def test_the_probe_command_exits_by_the_heartbeat(tmp_path: Path) -> None:
     stale = time.time() - STALE_SECONDS - 1
     os.utime(heartbeat, (stale, stale))
     assert subprocess.run(command, env=env, check=False).returncode == 1  # noqa: S603
+
+
+def test_importing_it_needs_no_temporary_directory() -> None:
+    """The worker imports this module: a process that imports the worker without running
+    it (a script, a container with no writable /tmp) must not need a temporary directory."""
+    code = (
+        "import tempfile\n"
+        "def none(): raise FileNotFoundError('No usable temporary directory found')\n"
+        "tempfile.gettempdir = none\n"
+        "import {{ cookiecutter.package_name }}.worker_liveness\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0  # noqa: S603

@@ -18,17 +18,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-# In the container's /tmp: an in-memory volume in the pod, a tmpfs in compose.
-HEARTBEAT = Path(tempfile.gettempdir()) / "worker-alive"
+
+def heartbeat_file() -> Path:
+    # In the container's /tmp: an in-memory volume in the pod, a tmpfs in compose. Found
+    # when used, not on import: a process that imports the worker without running it
+    # (a script, a container with no writable /tmp) needs no temporary directory.
+    return Path(tempfile.gettempdir()) / "worker-alive"
+
+
 INTERVAL_SECONDS = 5.0
 # Twelve beats missed: far beyond a busy loop's hiccup, short enough that a stuck worker
 # is replaced within the probe's own minute and a half.
 STALE_SECONDS = 60.0
 
 
-async def beat(path: Path = HEARTBEAT, interval: float = INTERVAL_SECONDS) -> None:
+async def beat(path: Path | None = None, interval: float = INTERVAL_SECONDS) -> None:
+    path = path or heartbeat_file()
     while True:
-        path.touch()  # noqa: ASYNC240 (microseconds, on the in-memory /tmp)
+        path.touch()  # microseconds on the in-memory /tmp: no thread for it
         await asyncio.sleep(interval)
 
 
@@ -42,9 +49,9 @@ async def stop(state: Any) -> None:
     state.heartbeat.cancel()
 
 
-def alive(path: Path = HEARTBEAT, now: float | None = None) -> bool:
+def alive(path: Path | None = None, now: float | None = None) -> bool:
     try:
-        touched = path.stat().st_mtime
+        touched = (path or heartbeat_file()).stat().st_mtime
     except FileNotFoundError:
         return False
     return (time.time() if now is None else now) - touched < STALE_SECONDS
