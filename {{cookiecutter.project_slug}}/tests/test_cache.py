@@ -20,7 +20,7 @@ async def test_the_redis_pool_round_trips_a_value(app: FastAPI, client: AsyncCli
 
 async def test_a_connection_redis_closed_is_replaced_not_an_outage(settings: Settings) -> None:
     """After a Redis restart every pooled connection is closed: the next command on one
-    must get a new connection, not fail (a 503, or writes the rate limits refuse)."""
+    must get a new connection, not fail (a 503 while Redis is back)."""
     redis = create_redis(settings)
     try:
         assert await redis.ping()

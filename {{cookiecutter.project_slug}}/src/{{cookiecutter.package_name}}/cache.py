@@ -24,8 +24,8 @@ def create_redis(settings: Settings) -> Redis:
         health_check_interval=30,
         # A pooled connection Redis closed (a restart, its idle timeout) fails its next
         # command: sent once more, on a new connection, rather than answered as an outage
-        # (a 503, writes refused by the rate limits). Not on a timeout: a hung Redis would
-        # cost every caller two.
+        # (a 503 seconds after Redis is back). Not on a timeout: a hung Redis would cost
+        # every caller two.
         retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         decode_responses=True,
     )
