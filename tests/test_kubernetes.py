@@ -1007,9 +1007,7 @@ def test_the_worker_accepts_only_scrapes_and_reaches_its_queue_database_and_dns_
     project = baked(name, tmp_path_factory)
     policy = one(docs, "NetworkPolicy", f"{ctx['project_slug']}-worker")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    [container] = one(docs, "Deployment", f"{ctx['project_slug']}-worker")["spec"]["template"][
-        "spec"
-    ]["containers"]
+    [container] = worker_of(docs, ctx["project_slug"])["spec"]["template"]["spec"]["containers"]
     if ctx["use_metrics"]:
         # Its one port is its own /metrics (WORKER_METRICS_PORT), reached by the peer
         # that scrapes the app, and by no other.
