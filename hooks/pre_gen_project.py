@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "server": ("gunicorn", "uvicorn"),
     "ci": ("github", "gitlab", "none"),
     "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary"),
-    "auth": ("none", "oidc"),
+    "auth": ("oidc", "none"),
 }
 
 # Top-level modules the generated service imports, or that tooling imports by

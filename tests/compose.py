@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -116,10 +117,28 @@ class ComposeStack:
             time.sleep(1)
         raise AssertionError(f"{service} not healthy within {timeout}s")
 
+    @functools.cached_property
+    def auth(self) -> dict[str, str]:
+        """What an /api request carries: for an auth=oidc bake, a token its dev issuer
+        gives over HTTP, got as the generated README says; nothing for auth=none."""
+        if "AUTH_ISSUER_URL" not in self.dotenv():
+            return {}
+        token = self.compose("exec", "-T", "issuer", "node", "token.mjs").stdout.strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    def headers_for(self, path: str, headers: dict[str, str] | None) -> dict[str, str]:
+        return {**(self.auth if path.startswith("/api/") else {}), **(headers or {})}
+
     def get(
         self, path: str, timeout: float = 5, headers: dict[str, str] | None = None
     ) -> httpx.Response:
-        return httpx.get(self.url(path), timeout=timeout, headers=headers)
+        return httpx.get(self.url(path), timeout=timeout, headers=self.headers_for(path, headers))
+
+    def post(
+        self, path: str, json: Any, timeout: float = 5, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        headers = self.headers_for(path, headers)
+        return httpx.post(self.url(path), json=json, timeout=timeout, headers=headers)
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, volumes and networks still labelled with this project."""

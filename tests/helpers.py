@@ -43,7 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "redis_version": "7",
         "ci": "gitlab",
         "license": "Apache-2.0",
-        "auth": "oidc",
+        # The example API open to every caller: auth=none's generated suite.
+        "auth": "none",
     },
     "py314-pg18-bsd": {
         "python_version": "3.14",

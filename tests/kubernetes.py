@@ -41,7 +41,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
     "uvicorn": {"server": "uvicorn"},
     "tracing": {"use_tracing": True, "use_worker": True},
-    "auth": {"auth": "oidc"},
+    "no-auth": {"auth": "none"},
     "pg18": {"postgres_version": "18"},
     "pg16-redis7": {
         "postgres_version": "16",

@@ -37,8 +37,9 @@ def limited_replicas(stack: ComposeStack, rate: int) -> Iterator[list[str]]:
         stack.compose(*scale, "app=1", "app")
 
 
-def assert_one_count(urls: list[str], rate: int) -> str:
-    """4 x ``rate`` concurrent reads from one client, spread over the containers: exactly
+def assert_one_count(urls: list[str], rate: int, headers: dict[str, str]) -> str:
+    """4 x ``rate`` concurrent reads from one client (one address, and with auth=oidc one
+    token's subject: ``headers``), spread over the containers: exactly
     ``rate`` answered 200 in total (not ``rate`` per process), the others 429 with the
     problem's fields. The figure: each container's share."""
     statuses: dict[str, list[int]] = {url: [] for url in urls}
@@ -46,7 +47,7 @@ def assert_one_count(urls: list[str], rate: int) -> str:
     def call(index: int) -> None:
         url = urls[index % len(urls)]
         # A connection per request, so each container's workers share the requests.
-        statuses[url].append(httpx.get(f"{url}/api/items", timeout=10).status_code)
+        statuses[url].append(httpx.get(f"{url}/api/items", timeout=10, headers=headers).status_code)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(call, range(4 * rate)))
@@ -54,7 +55,7 @@ def assert_one_count(urls: list[str], rate: int) -> str:
     assert sorted(set(every)) == [200, 429]
     assert every.count(200) == rate, {url: Counter(a) for url, a in statuses.items()}
     assert all(429 in answers for answers in statuses.values())
-    refused = httpx.get(f"{urls[0]}/api/items", timeout=10)
+    refused = httpx.get(f"{urls[0]}/api/items", timeout=10, headers=headers)
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/problem+json"
     assert 0 < int(refused.headers["Retry-After"]) <= 60

@@ -54,7 +54,9 @@ FORBIDDEN_WHEN_OFF: dict[str, re.Pattern[str]] = {
 FORBIDDEN_FOR_SERVER = {"uvicorn": re.compile(r"gunicorn", re.IGNORECASE)}
 FORBIDDEN_FOR_AUTH = {
     "none": re.compile(
-        r"joserfc|jwks|bearer|openid-configuration|\bAUTH_[A-Z]|\bauth\.py|access.token"
+        r"joserfc|jwks|bearer|openid-configuration|\bAUTH_[A-Z]|\bauth\.py"
+        # GitLab's "project access token" (the update schedule) is no caller's token.
+        r"|(?<!project )access.token"
         r"|www-authenticate",
         re.IGNORECASE,
     )

@@ -27,7 +27,10 @@ GROUP = pytest.mark.xdist_group("failure-modes")
 
 # --- 2. bad environment at startup (real server processes on the host) ---------------------
 
-BAD_ENVIRONMENTS = [
+# What a default (auth=oidc) service needs in every environment; each case sets or
+# (None) removes one variable more.
+ISSUER_SETTINGS = {"AUTH_ISSUER_URL": "https://issuer.example.com", "AUTH_AUDIENCE": "api://x"}
+BAD_ENVIRONMENTS: list[tuple[dict[str, str | None], str]] = [
     ({"DATABASE_URL": "mysql://u:p@db/app"}, "DATABASE_URL"),
     ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
     ({"ENVIRONMENT": "production"}, "DATABASE_URL"),
@@ -38,6 +41,8 @@ BAD_ENVIRONMENTS = [
     ({"DATABASE_URL": "postgresql://app:x@db/app?connect_timeout=5"}, "connect_timeout"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"WEB_CONCURRENCY": "many"}, "WEB_CONCURRENCY"),
+    ({"AUTH_AUDIENCE": None}, "AUTH_AUDIENCE"),
+    ({"AUTH_ISSUER_URL": "issuer.example.com"}, "AUTH_ISSUER_URL"),
 ]
 
 
@@ -62,12 +67,13 @@ def server_command(
 @pytest.mark.parametrize(("environment", "variable"), BAD_ENVIRONMENTS, ids=lambda v: str(v))
 def test_bad_environment_stops_the_server_naming_the_variable(
     server_command: tuple[Path, list[str]],
-    environment: dict[str, str],
+    environment: dict[str, str | None],
     variable: str,
     record_property: Callable[[str, object], None],
 ) -> None:
     project, command = server_command
-    env = {"PATH": "/usr/bin:/bin", **environment}
+    merged = {"PATH": "/usr/bin:/bin", **ISSUER_SETTINGS, **environment}
+    env = {name: value for name, value in merged.items() if value is not None}
     started = time.monotonic()
     result = subprocess.run(
         command, cwd=project, env=env, capture_output=True, text=True, timeout=30, check=False
@@ -143,21 +149,24 @@ def test_errors_are_problems_and_carry_the_request_id(stack: ComposeStack) -> No
     assert missing.headers["content-type"] == "application/problem+json"
     assert missing.json()["request_id"] == "e2e-404"
     assert missing.headers["x-request-id"] == "e2e-404"
-    invalid = httpx.post(stack.url("/api/items"), json={"name": ""})
+    invalid = stack.post("/api/items", json={"name": ""})
     assert invalid.status_code == 422
     assert invalid.json()["errors"][0]["loc"] == ["body", "name"]
     assert invalid.json()["request_id"] == invalid.headers["x-request-id"]
-    too_large = httpx.post(stack.url("/api/items"), content=b"x" * (2 * 2**20))
+    too_large = httpx.post(stack.url("/api/items"), content=b"x" * 2**21, headers=stack.auth)
     assert too_large.status_code == 413
 
 
 @pytest.mark.docker
 @GROUP
 def test_schemathesis_finds_no_failure_over_http(stack: ComposeStack, tmp_path: Path) -> None:
-    """The real server, through the published port: every check, the stateful phase."""
+    """The real server, through the published port: every check, the stateful phase;
+    with auth=oidc as a caller with a token from the dev issuer (Schemathesis' own
+    ignored_auth check then also sends requests without it)."""
+    headers = [arg for name, value in stack.auth.items() for arg in ("-H", f"{name}: {value}")]
     result = run(
         [
-            "schemathesis", "run", stack.url("/openapi.json"),
+            "schemathesis", "run", stack.url("/openapi.json"), *headers,
             "--checks", "all", "--max-examples", "25", "--seed", "1",
             "--phases", "examples,coverage,fuzzing,stateful",
             "--report", "junit", "--report-dir", str(tmp_path), "--no-color",
@@ -175,7 +184,7 @@ def test_a_nul_character_in_text_is_a_422_not_a_500(stack: ComposeStack, field: 
     A fixed case: the seeded Schemathesis sample above does not always send one."""
     item = {"name": "item", field: "before\x00after"}
     for method, path in (("POST", "/api/items"), ("PUT", "/api/items/1")):
-        response = httpx.request(method, stack.url(path), json=item, timeout=10)
+        response = httpx.request(method, stack.url(path), json=item, timeout=10, headers=stack.auth)
         assert response.status_code == 422, (method, response.text)
         assert response.headers["content-type"] == "application/problem+json"
 
@@ -231,6 +240,36 @@ def test_losing_postgres_degrades_to_503_and_recovers(
 
 @pytest.mark.docker
 @GROUP
+def test_a_hung_issuer_costs_no_request_with_a_known_key(
+    stack: ComposeStack, record_property: Callable[[str, object], None]
+) -> None:
+    """auth=oidc (the default): the dev issuer paused (every connection hangs). Tokens
+    signed with a key the app holds are verified without it; /health/dependencies
+    reports it within its bound, naming only it; the probes never notice."""
+    assert stack.auth, "the default bake verifies tokens"
+    stack.compose("pause", "issuer")
+    try:
+        started = time.monotonic()
+        status, checks = dependencies_status(stack)
+        reported = time.monotonic() - started
+        reads = [stack.get("/api/items", timeout=10).status_code for _ in range(4)]
+        probes = {p: stack.get(p).status_code for p in ("/health/live", "/health/ready")}
+    finally:
+        stack.compose("unpause", "issuer")
+    assert (status, checks["issuer"]) == (503, "timeout"), checks
+    assert all(state == "ok" for name, state in checks.items() if name != "issuer"), checks
+    assert reported < 5, f"/health/dependencies took {reported:.1f} s"
+    assert reads == [200] * 4
+    assert probes == {"/health/live": 200, "/health/ready": 200}
+    wait_for(lambda: dependencies_status(stack)[0] == 200, 30, "issuer recovery")
+    record_property(
+        "figure",
+        f"dev issuer paused: /health/dependencies 503 in {reported:.2f} s, reads 200",
+    )
+
+
+@pytest.mark.docker
+@GROUP
 def test_losing_redis_degrades_to_503_and_recovers(
     stack: ComposeStack, record_property: Callable[[str, object], None]
 ) -> None:
@@ -258,10 +297,12 @@ def two_containers(stack: ComposeStack) -> Iterator[list[str]]:
 @pytest.mark.docker
 @GROUP
 def test_one_client_gets_the_limit_in_total_across_containers_and_workers(
-    two_containers: list[str], record_property: Callable[[str, object], None]
+    stack: ComposeStack,
+    two_containers: list[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     """Four processes, one count: N in the window, not N per process (4 N)."""
-    shares = assert_one_count(two_containers, RATE_LIMIT)
+    shares = assert_one_count(two_containers, RATE_LIMIT, stack.auth)
     record_property("figure", f"rate limit across 2 containers x 2 gunicorn workers: {shares}")
 
 
@@ -319,7 +360,7 @@ def test_rate_limits_while_redis_is_stopped_fail_open_or_closed_per_route(
     since = stack.compose("exec", "-T", "app", "date", "-u", "+%Y-%m-%dT%H:%M:%SZ").stdout.strip()
     with dependency_stopped(stack, "redis", "redis") as timings:
         reads = [stack.get("/api/items", timeout=10) for _ in range(UNCHECKED_READS)]
-        write = httpx.post(stack.url("/api/items"), json={"name": "unchecked"}, timeout=10)
+        write = stack.post("/api/items", json={"name": "unchecked"}, timeout=10)
         unchecked = unchecked_reads(stack) - unchecked_before
     assert [read.status_code for read in reads] == [200] * UNCHECKED_READS
     assert all("RateLimit" not in read.headers for read in reads), "no count, no claim"
@@ -331,7 +372,7 @@ def test_rate_limits_while_redis_is_stopped_fail_open_or_closed_per_route(
     warnings = logs.count(UNCHECKED)
     assert 1 <= warnings <= 2, logs  # one per worker that met the outage, never per request
     back = wait_for(lambda: "RateLimit" in stack.get("/api/items").headers, 30, "limits back")
-    written = httpx.post(stack.url("/api/items"), json={"name": "checked"}, timeout=10)
+    written = stack.post("/api/items", json={"name": "checked"}, timeout=10)
     assert written.status_code == 201, written.text
     assert written.headers["RateLimit-Policy"].startswith('"create_item";')
     record_property(
@@ -537,10 +578,11 @@ def test_no_secret_reaches_any_image_layer(stack: ComposeStack, tmp_path: Path) 
 # --- 6. load ---------------------------------------------------------------------------------
 
 
-def wrk(url: str, seconds: int) -> dict[str, float]:
+def wrk(url: str, seconds: int, headers: dict[str, str]) -> dict[str, float]:
+    header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
     result = subprocess.run(
         ["wrk", "--threads", "2", "--connections", "64", "--duration", f"{seconds}s",
-         "--timeout", "5s", "--latency", url],
+         "--timeout", "5s", "--latency", *header_args, url],
         capture_output=True, text=True, timeout=seconds + 60, check=True,
     )  # fmt: skip
     out = result.stdout
@@ -576,14 +618,14 @@ def test_load_has_no_errors_and_no_memory_growth(
         if IN_CI:
             pytest.fail("wrk is missing; .ci/run installs it", pytrace=False)
         pytest.skip("wrk is not installed")
-    created = httpx.post(stack.url("/api/items"), json={"name": "load"})
+    created = stack.post("/api/items", json={"name": "load"})
     item_url = stack.url(f"/api/items/{created.json()['id']}")
     urls = [stack.url("/health/live"), stack.url("/health/dependencies"), item_url]
     with machine_load(exclusive=True):
         for url in urls:  # warm every worker and pool before measuring memory
-            wrk(url, 3)
+            wrk(url, 3, stack.auth)
         before = stack.memory_bytes("app")
-        measured = [(url, wrk(url, 30)) for url in urls]
+        measured = [(url, wrk(url, 30, stack.auth)) for url in urls]
         after = stack.memory_bytes("app")
     for url, figures in measured:
         path = httpx.URL(url).path

@@ -72,13 +72,14 @@ class Load:
     """Concurrent clients, each with its own connection, recording every outcome."""
 
     urls: list[str]
+    headers: dict[str, str]  # the token of an auth=oidc bake
     outcomes: list[tuple[float, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def client(self, index: int) -> None:
         url = self.urls[index % len(self.urls)]
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30, headers=self.headers) as http:
             while not self.stop.is_set():
                 try:
                     outcome = str(http.get(url).status_code)
@@ -182,11 +183,12 @@ def test_a_failing_dependency_under_load_gives_only_200_or_503(
     stack = fault_stack
     request.node.stash[STACKS_KEY] = [stack]
     fault, dependency = CASES[case]
-    created = httpx.post(stack.url("/api/items"), json={"name": "under load"}, timeout=10)
+    created = stack.post("/api/items", json={"name": "under load"}, timeout=10)
     assert created.status_code == 201, created.text
     # Reads of the database, and the dependency check, which also reads Redis.
     load = Load(
-        [stack.url(f"/api/items/{created.json()['id']}"), stack.url("/health/dependencies")]
+        [stack.url(f"/api/items/{created.json()['id']}"), stack.url("/health/dependencies")],
+        stack.auth,
     )
     memory_before = stack.memory_bytes("app") / 2**20
     probes: list[tuple[float, int, frozenset[str]]] = []
@@ -303,6 +305,7 @@ class JobFlow:
     """Clients creating items (each enqueues its job), every answer kept by item name."""
 
     url: str
+    headers: dict[str, str]  # the token of an auth=oidc bake
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     answers: dict[str, str] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -310,7 +313,7 @@ class JobFlow:
     sent: int = 0
 
     def client(self) -> None:
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30, headers=self.headers) as http:
             while not self.stop.is_set():
                 with self.lock:
                     name = f"{self.run}-{self.sent}"
@@ -375,7 +378,7 @@ def test_jobs_flow_through_a_redis_restart_and_pause_each_done_once(
     request.node.stash[STACKS_KEY] = [stack]
     worker_before = stack.inspect("worker")
     psql(stack, DROP_EFFECTS_TABLE + EFFECTS_TABLE)
-    flow = JobFlow(stack.url("/api/items"))
+    flow = JobFlow(stack.url("/api/items"), stack.auth)
     clients = [threading.Thread(target=flow.client) for _ in range(8)]
     started = time.monotonic()
     deadline = started + 180
@@ -463,5 +466,5 @@ def test_one_client_gets_the_limit_in_total_across_uvicorn_processes(
     request.node.stash[STACKS_KEY] = [fault_stack]
     assert server_workers(fault_stack) == int(fault_stack.dotenv()["WEB_CONCURRENCY"]) == 2
     with limited_replicas(fault_stack, RATE_LIMIT) as urls:
-        shares = assert_one_count(urls, RATE_LIMIT)
+        shares = assert_one_count(urls, RATE_LIMIT, fault_stack.auth)
     record_property("figure", f"rate limit across 2 containers x 2 uvicorn workers: {shares}")

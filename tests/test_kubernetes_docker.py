@@ -65,16 +65,20 @@ class Pods:
         self.worker_pod = one(docs, "Deployment", f"{slug}-worker")["spec"]["template"]["spec"]
         [self.worker] = self.worker_pod["containers"]
         self.spec_image = self.app["image"]
+        # What an /api request carries: with auth=oidc, a token of start_issuer()'s.
+        self.auth: dict[str, str] = {}
+        self.dev_issuer = project / "dev-issuer"
+        self.issuer_image = f"{self.id}-issuer:local"
 
     def build(self) -> None:
         # Compose builds with BuildKit (the Dockerfile's cache mounts need it)
         # under a name of our own, so parallel tests never share a tag.
         compose = self.project.parent / f"{self.id}-build.yaml"
-        compose.write_text(
-            yaml.safe_dump(
-                {"services": {"image": {"build": str(self.project), "image": self.image}}}
-            )
-        )
+        services = {"image": {"build": str(self.project), "image": self.image}}
+        if self.dev_issuer.exists():
+            services["issuer"] = {"build": str(self.dev_issuer), "image": self.issuer_image}
+            self.images.append(self.issuer_image)
+        compose.write_text(yaml.safe_dump({"services": services}))
         with machine_load(exclusive=False):
             run(
                 ["docker", "compose", "-f", str(compose), "-p", self.id, "build"],
@@ -129,6 +133,26 @@ class Pods:
         self.containers.append(name)
         return name
 
+    def start_issuer(self) -> None:
+        """auth=oidc: the service's dev issuer stands for the company's, and the
+        ConfigMap's AUTH_ISSUER_URL names it (as an overlay of a real cluster would)."""
+        config = one(self.docs, "ConfigMap")
+        issuer = "http://issuer:3000"
+        config["data"]["AUTH_ISSUER_URL"] = issuer
+        name = f"{self.id}-issuer"
+        docker(
+            "run", "--detach", "--name", name, "--network", self.network,
+            "--network-alias", "issuer", "--env", f"ISSUER={issuer}",
+            "--env", f"AUDIENCE={config['data']['AUTH_AUDIENCE']}",
+            "--env", "SCOPES=items:read items:write", self.issuer_image,
+        )  # fmt: skip
+        self.containers.append(name)
+        deadline = time.monotonic() + 60
+        while (token := docker("exec", name, "node", "token.mjs", check=False)).returncode:
+            assert time.monotonic() < deadline, f"no token:\n{self.logs(name)}"
+            time.sleep(0.5)
+        self.auth = {"Authorization": f"Bearer {token.stdout.strip()}"}
+
     def logs(self, name: str) -> str:
         result = docker("logs", name, check=False)
         return result.stdout + result.stderr
@@ -172,6 +196,8 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
             name = pods.start(template, container, service, alias=service, hardened=False)
             # Ready by the spec's own readiness command, polled as the kubelet would.
             run_probe({**container["startupProbe"]}, lambda probe, n=name: exec_probe(probe, n))
+        if context(COMBINATION)["auth"] == "oidc":
+            pods.start_issuer()
         yield pods
     finally:
         pods.remove()
@@ -318,7 +344,8 @@ def test_stop_drains_then_finishes_the_in_flight_request(
         # endpoint reads the body, so the request is provably in flight.
         conn.sendall(
             b"POST /api/items HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: "
+            + b"".join(f"{k}: {v}\r\n".encode() for k, v in migrated.auth.items())
+            + b"Expect: 100-continue\r\nContent-Length: "
             + str(len(body)).encode()
             + b"\r\nConnection: close\r\n\r\n"
         )
@@ -671,9 +698,12 @@ def test_behind_pgbouncer_the_app_serves_as_a_role_that_owns_nothing(
         )
     except AssertionError as error:
         raise AssertionError(f"{error}\n{pods.logs(name)[-3000:]}") from None
-    created = httpx.post(f"http://127.0.0.1:{port}/api/items", json={"name": "pooled"})
+    created = httpx.post(
+        f"http://127.0.0.1:{port}/api/items", json={"name": "pooled"}, headers=pods.auth
+    )
     assert created.status_code == 201, created.text
-    assert httpx.get(f"http://127.0.0.1:{port}{created.headers['location']}").status_code == 200
+    item = f"http://127.0.0.1:{port}{created.headers['location']}"
+    assert httpx.get(item, headers=pods.auth).status_code == 200
 
 
 # --- The worker: its own Deployment, from the same image ---------------------------------------
@@ -738,7 +768,9 @@ def processed_at(pods: Pods, item: int) -> str:
 def create_item_until_processed(pods: Pods, app: str, name: str, seconds: float = 60) -> float:
     """POST an item to the app pod; how long until the worker pod processed it."""
     port = published_port(app, 8000)
-    created = httpx.post(f"http://127.0.0.1:{port}/api/items", json={"name": name}, timeout=10)
+    created = httpx.post(
+        f"http://127.0.0.1:{port}/api/items", json={"name": name}, timeout=10, headers=pods.auth
+    )
     assert created.status_code == 201, created.text
     item = created.json()["id"]
     started = time.monotonic()

@@ -274,7 +274,7 @@ def test_every_scrape_counts_every_worker_exactly(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    created = httpx.post(stack.url("/api/items"), json={"name": "counted"}, timeout=10)
+    created = stack.post("/api/items", json={"name": "counted"}, timeout=10)
     assert created.status_code == 201, created.text
     item_url = stack.url(f"/api/items/{created.json()['id']}")
     sent = 60
@@ -296,7 +296,7 @@ def test_every_scrape_counts_every_worker_exactly(
 
     def fetch(_: int) -> int:
         # A new connection per request, several at once: the workers share them.
-        return httpx.get(item_url, timeout=10).status_code
+        return httpx.get(item_url, timeout=10, headers=stack.auth).status_code
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         assert list(pool.map(fetch, range(sent))) == [200] * sent
@@ -396,12 +396,12 @@ def test_a_prometheus_server_scrapes_the_exact_count(stack: ComposeStack, tmp_pa
         return float(result[0]["value"][1]) if result else None
 
     try:
-        created = httpx.post(stack.url("/api/items"), json={"name": "scraped"}, timeout=10)
+        created = stack.post("/api/items", json={"name": "scraped"}, timeout=10)
         item_url = stack.url(f"/api/items/{created.json()['id']}")
         before = item_requests(parse_exposition(stack.get("/metrics").text), "http_requests_total")
         sent = 25
         for _ in range(sent):
-            assert httpx.get(item_url, timeout=10).status_code == 200
+            assert httpx.get(item_url, timeout=10, headers=stack.auth).status_code == 200
         deadline = time.monotonic() + 60
         seen = promql()
         while seen != before + sent and time.monotonic() < deadline:

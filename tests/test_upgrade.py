@@ -127,6 +127,19 @@ def cruft(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run([sys.executable, "-m", "cruft", *args], cwd, env=GIT_IDENTITY)
 
 
+def choose_auth(service: Path, release: Release) -> str:
+    """The CHANGELOG's step before the update that brings `auth`: the oldest release's
+    service keeps its API open ("auth": "none" in .cruft.json), the others take the
+    default, oidc (whose settings go in .env after the update)."""
+    if release != releases()[0]:
+        return "oidc"
+    state = json.loads((service / ".cruft.json").read_text())
+    state["context"]["cookiecutter"]["auth"] = "none"
+    (service / ".cruft.json").write_text(json.dumps(state, indent=2) + "\n")
+    commit_all(service, "cruft: keep the API open (auth=none)")
+    return "none"
+
+
 @pytest.mark.parametrize("release", releases(), ids=lambda release: release.tag)
 def test_a_service_made_at_a_release_upgrades_to_this_one(
     release: Release,
@@ -174,6 +187,9 @@ def test_a_service_made_at_a_release_upgrades_to_this_one(
     # Release by release (`cruft update --checkout vX.Y.Z`), then to this working tree.
     later = [r for r in releases() if r.key() > release.key()]
     for step in [*later, None]:
+        if step is None:
+            # Unreleased: `auth` is new, and .cruft.json has no answer for it.
+            auth = choose_auth(service, release)
         checkout = ["--checkout", step.tag] if step else []
         updated = cruft(service, "update", "--skip-apply-ask", *checkout)
         output = updated.stdout + updated.stderr
@@ -194,10 +210,21 @@ def test_a_service_made_at_a_release_upgrades_to_this_one(
         "DATABASE_COMMAND_TIMEOUT_SECONDS=", "DATABASE_STATEMENT_TIMEOUT_SECONDS="
     )
     dotenv = "".join(line for line in dotenv.splitlines(True) if not line.startswith("SECRET_KEY="))
+    if auth == "oidc":  # Unreleased: the issuer's settings, the dev issuer locally.
+        dotenv += (
+            "AUTH_ISSUER_URL=http://issuer:3000\nAUTH_AUDIENCE=api://my-service\n"
+            "COMPOSE_PROFILES=dev-issuer\n"
+        )
     (service / ".env").write_text(dotenv)
     run(["uv", "lock"], service)
     run(["uv", "sync", "--locked"], service)
     commit_all(service, "Template update")
+
+    # The answer taken for `auth`, and only its files.
+    answers = json.loads((service / ".cruft.json").read_text())["context"]["cookiecutter"]
+    assert answers["auth"] == auth
+    assert (service / "src/my_service/auth.py").exists() == (auth == "oidc")
+    assert (service / "dev-issuer").exists() == (auth == "oidc")
 
     # Nothing of the service's own was lost.
     assert (service / "src/my_service/own.py").read_text() == OWN_MODULE

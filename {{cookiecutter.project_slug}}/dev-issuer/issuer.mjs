@@ -3,8 +3,9 @@
 // tokens are JWTs (RFC 9068) for the service's audience, signed with the first key of
 // JWKS_FILE (a private JWK set: put a new key first to rotate, keep the old one after
 // it while its tokens live) or with a key made at start. State lives in memory: a
-// restart forgets nothing that matters, as its tokens are self-contained. Never deploy it.
-import { generateKeyPairSync } from "node:crypto";
+// restart without JWKS_FILE makes a new key, and tokens signed before it are refused
+// once the app has learnt the new one: get a new token. Never deploy it.
+import { generateKeyPairSync, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import Provider from "oidc-provider";
 
@@ -13,9 +14,13 @@ const issuer = env.ISSUER ?? "http://issuer:3000";
 const audience = env.AUDIENCE ?? "api://service";
 const scopes = env.SCOPES ?? "";
 
+// A kid of its own: after a restart (a new key) the app meets an unknown kid and fetches
+// the keys again within AUTH_JWKS_MIN_REFRESH_SECONDS, instead of refusing every new
+// token as a bad signature under the old key's kid until its cache expires.
 function madeAtStart() {
   const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
-  return [{ ...privateKey.export({ format: "jwk" }), kid: "dev-1", use: "sig", alg: "RS256" }];
+  const kid = `dev-${randomUUID()}`;
+  return [{ ...privateKey.export({ format: "jwk" }), kid, use: "sig", alg: "RS256" }];
 }
 
 const provider = new Provider(issuer, {
