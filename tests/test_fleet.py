@@ -91,6 +91,11 @@ def test_the_update_job_proposes_the_template_update_with_every_conflict_listed(
         template / "removals.toml",
         lambda t: t + '\n[[removed]]\npath = "Dockerfile"\nrelease = "1.1.0"\n',
     )
+    # And a new option, which the service has no answer for.
+    edit(
+        template / "cookiecutter.json",
+        lambda t: t.replace("{\n", '{\n  "review_team": "platform",\n', 1),
+    )
     commit_b = commit_all(template, "template B")
 
     job = run_job(
@@ -121,6 +126,9 @@ def test_the_update_job_proposes_the_template_update_with_every_conflict_listed(
     assert "`README.md`: these hunks did not apply" in body
     assert "+docker compose up --build --wait" in body
     assert "- Dockerfile: removed by the template in 1.1.0" in body
+    assert "## New options, answered with the template's defaults" in body
+    assert '- `review_team`: `"platform"`' in body
+    assert state["context"]["cookiecutter"]["review_team"] == "platform"
     assert git(service, "show", f"{branch}:README.md").stdout.count("docker compose up -d") == 1
     assert "# ours: a label" in git(service, "show", f"{branch}:Dockerfile").stdout
     message = git(service, "log", "-1", "--format=%B", branch).stdout

@@ -162,6 +162,7 @@ def describe(
     done: list[str],
     kept: list[str],
     lock: str | None,
+    introduced: dict[str, Any],
 ) -> str:
     lines = [
         f"`cruft update` from the template {template}: `{old[:12]}` -> `{new[:12]}`.",
@@ -184,6 +185,19 @@ def describe(
             ]
     else:
         lines += ["", "No conflicts: every change of the template applied cleanly."]
+    if introduced:
+        # .cruft.json had no answer for an option the template added, and cruft took its
+        # default: a default that changes what the service does must not pass unseen.
+        lines += [
+            "",
+            "## New options, answered with the template's defaults",
+            "",
+            "The template added these options; `.cruft.json` now records its default for",
+            "each (the template's CHANGELOG says what they do). To answer otherwise, on this",
+            "branch: `uvx cruft update --variables-to-update '{\"<option>\": <value>}'`.",
+            "",
+            *[f"- `{name}`: `{json.dumps(value)}`" for name, value in introduced.items()],
+        ]
     if kept:
         lines += ["", "## Removed by the template, kept here because this service changed them"]
         lines += ["", *[f"- {line}" for line in kept]]
@@ -209,8 +223,23 @@ def propose(service: Path, body: Path, outputs: Path) -> int:
     done, kept = removals(service, "HEAD")
     locked = run(["uv", "lock"], service, check=False)
     lock_error = None if locked.returncode == 0 else locked.stderr
+    [answered] = state["context"].values()
+    [answers] = new["context"].values()
+    introduced = {
+        name: value
+        for name, value in answers.items()
+        if name not in answered and not name.startswith("_")
+    }
     text = describe(
-        state["template"], state["commit"], new["commit"], marked, rejected, done, kept, lock_error
+        state["template"],
+        state["commit"],
+        new["commit"],
+        marked,
+        rejected,
+        done,
+        kept,
+        lock_error,
+        introduced,
     )
     body.write_text(text)
     count = len(marked) + len(rejected) + len(kept)
