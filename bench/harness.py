@@ -210,6 +210,9 @@ class Stack:
             "APP_PORT": str(self.app_port),
             "POSTGRES_PORT": "0",
             "REDIS_PORT": "0",
+            # An auth=oidc bake's .env turns the dev issuer on: off here, where the
+            # stand-in issuer serves the keys and a Node process beside the load is noise.
+            "COMPOSE_PROFILES": "",
         }
         if worker:  # the package whose worker the jobs benchmark runs
             self.env["BENCH_PACKAGE"] = package_name(project)

@@ -604,9 +604,12 @@ def wrk(url: str, seconds: int, headers: dict[str, str]) -> dict[str, float]:
 
 # Growth of the app container's memory over the measured load, after a warm-up that
 # filled every worker's pools and caches. Measured: under 1 MiB for some 300,000
-# requests; a leak of 4 KB per request (a real regression: 312 -> 1,814 MiB) is over a
-# gigabyte. The budget is far from both, so allocator noise cannot fail it.
+# requests; a leak of 4 KB per request (a real regression: 312 -> 1,814 MiB) is over
+# half a gigabyte in the 15 s per route measured now (about 150,000 requests). The
+# budget is far from both, so allocator noise cannot fail it.
 MEMORY_GROWTH_BUDGET_MIB = 16
+# wrk's run per route: long enough for that leak to show by hundreds of MiB.
+LOAD_SECONDS = 15
 
 
 @pytest.mark.docker
@@ -625,13 +628,13 @@ def test_load_has_no_errors_and_no_memory_growth(
         for url in urls:  # warm every worker and pool before measuring memory
             wrk(url, 3, stack.auth)
         before = stack.memory_bytes("app")
-        measured = [(url, wrk(url, 30, stack.auth)) for url in urls]
+        measured = [(url, wrk(url, LOAD_SECONDS, stack.auth)) for url in urls]
         after = stack.memory_bytes("app")
     for url, figures in measured:
         path = httpx.URL(url).path
         record_property(
             "figure",
-            f"wrk 64 connections 30 s {path}: {figures['rps']:.0f} req/s, "
+            f"wrk 64 connections {LOAD_SECONDS} s {path}: {figures['rps']:.0f} req/s, "
             f"p99 {figures['p99_ms']:.1f} ms",
         )
         assert figures["socket_errors"] == 0, f"{path}: {figures}"

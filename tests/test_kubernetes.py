@@ -450,6 +450,11 @@ def secrets_example(project: Path, overlay: str) -> dict[str, str]:
     )
 
 
+# Settings that look like URLs and are names: AUTH_AUDIENCE (api://<slug>) is what the
+# tokens carry, never fetched.
+NAMES_NOT_ADDRESSES = {"AUTH_AUDIENCE"}
+
+
 def egress_the_settings_need(
     project: Path, overlay: str, docs: list[dict[str, Any]], keys: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -463,6 +468,8 @@ def egress_the_settings_need(
     for key, value in values.items():
         url = urlsplit(value)
         if (keys is not None and key not in keys) or not (url.scheme and url.hostname):
+            continue
+        if key in NAMES_NOT_ADDRESSES:
             continue
         scheme = url.scheme.split("+")[0]
         ports = {url.port or DEFAULT_PORTS[scheme]} | ALTERNATIVE_PORTS.get(scheme, set())

@@ -149,7 +149,7 @@ class Pods:
         self.containers.append(name)
         deadline = time.monotonic() + 60
         while (token := docker("exec", name, "node", "token.mjs", check=False)).returncode:
-            assert time.monotonic() < deadline, f"no token:\n{self.logs(name)}"
+            assert time.monotonic() < deadline, f"no token: {token.stderr}\n{self.logs(name)}"
             time.sleep(0.5)
         self.auth = {"Authorization": f"Bearer {token.stdout.strip()}"}
 
@@ -266,8 +266,11 @@ def test_the_job_migrates_and_the_gate_waits_for_it(
     for figure in record_property_module:
         record_property("figure", figure)
     env = resolve_env(migrated.job["spec"]["template"]["spec"]["containers"][0], migrated.docs)
-    # The local Secret has no MIGRATION_DATABASE_URL: the Job migrates with DATABASE_URL.
-    assert set(env) == {
+    # The service's settings (its Settings validates them all, AUTH_ISSUER_URL with
+    # auth=oidc included) and the migration's own; of the Secret, only the database's
+    # URL (the local one has no MIGRATION_DATABASE_URL: the Job migrates with it).
+    settings = set(one(migrated.docs, "ConfigMap")["data"])
+    assert set(env) == settings | {
         "DATABASE_URL",
         "MIGRATION_CONNECT_TIMEOUT_SECONDS",
         "MIGRATION_STATEMENT_TIMEOUT_SECONDS",

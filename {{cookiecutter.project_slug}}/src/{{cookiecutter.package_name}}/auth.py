@@ -65,6 +65,10 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 # With no keys at all, a fetch is tried at most this often (a worker that started while
 # the issuer was down recovers within seconds, without a fetch per request).
 RETRY_WITHOUT_KEYS_SECONDS = 5.0
+# What joserfc raises for a JWK, or a compact token, it cannot read. Named tuples: ruff
+# formats an unnamed one in an except clause differently for Python 3.14 (PEP 758).
+UNREADABLE_KEY = (JoseError, ValueError, TypeError)
+MALFORMED_TOKEN = (JoseError, ValueError, UnicodeError)
 
 # How the token travels, and the scheme each protected operation declares in OpenAPI;
 # document_security adds the issuer next to it. Never auto_error: every refusal is this
@@ -233,7 +237,7 @@ def signing_keys(document: object) -> dict[str | None, Key]:
             continue
         try:
             key = JWKRegistry.import_key(entry)
-        except (JoseError, ValueError, TypeError):
+        except UNREADABLE_KEY:
             logger.warning("skipping a key the issuer publishes that cannot be read")
             continue
         if key.is_private:
@@ -279,7 +283,7 @@ class Verifier:
             raise Rejected("too_large", "the token is larger than this service accepts")
         try:
             signed = jws.extract_compact(token.encode("ascii"))
-        except (JoseError, ValueError, UnicodeError):
+        except MALFORMED_TOKEN:
             raise Rejected("malformed", "the token is not a signed JWT") from None
         header = signed.headers()
         algorithm = header.get("alg")

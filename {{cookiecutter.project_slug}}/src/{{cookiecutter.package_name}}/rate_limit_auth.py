@@ -6,6 +6,9 @@ from fastapi import Request
 
 from {{ cookiecutter.package_name }}.auth import IssuerUnavailable, Rejected, verified
 
+# Named: ruff formats an unnamed tuple in an except clause differently for Python 3.14.
+NOT_VERIFIED = (Rejected, IssuerUnavailable)
+
 
 async def subject(request: Request) -> str | None:
     """The verified caller's subject, or None for a request without a valid token.
@@ -20,5 +23,5 @@ async def subject(request: Request) -> str | None:
         return None
     try:
         return (await verified(request, token)).subject
-    except (Rejected, IssuerUnavailable):
+    except NOT_VERIFIED:
         return None  # keyed by address; the route's own check answers 401 or 503

@@ -66,6 +66,9 @@ JOB_MODULES: list[str] = [{% if cookiecutter.include_example_api %}"{{ cookiecut
 READ_BLOCK_MS = 1000
 # How long a worker waits before reading again after Redis failed to answer.
 READ_RETRY_SECONDS = 1.0
+# Redis refusing or not answering. Named: ruff formats an unnamed tuple in an except
+# clause differently for Python 3.14 (PEP 758).
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 
 # The job being run, for the log lines it writes (see JobLogFilter), and when it started.
 job_var: ContextVar[tuple[str, str] | None] = ContextVar("job", default=None)
@@ -90,7 +93,7 @@ class ReconnectingStreamBroker(RedisStreamBroker):
             try:
                 async for message in super().listen():
                     yield message
-            except (RedisConnectionError, RedisTimeoutError) as error:
+            except REDIS_UNAVAILABLE as error:
                 logger.warning(
                     "redis unavailable: reading again in a moment",
                     extra={"error": repr(error), "retry_seconds": READ_RETRY_SECONDS},
@@ -408,7 +411,7 @@ async def _healthy(settings: Settings) -> bool:
     broker = create_broker(settings)
     try:
         return await has_joined(broker, socket.gethostname())
-    except (RedisConnectionError, RedisTimeoutError):
+    except REDIS_UNAVAILABLE:
         return False
     finally:
         await broker.shutdown()
