@@ -16,11 +16,12 @@ test runs on the same cores while anything is timed):
    ceiling back to back, the order alternating, so drift hits both alike;
 7. RSS again after the load.
 
-An ``auth=oidc`` bake (``--with auth=oidc``) also gets a stand-in issuer: a key made
-in the service's image, its public half served as a static JWKS beside the app
-(compose.bench-auth.yaml), and a token signed with it that every /api request of
-the run carries (the ceiling gets the same header and ignores it). The service
-fetches the keys once at start, so no request of the load waits on the network.
+An ``auth=oidc`` bake (the default; ``--with auth=none`` for one without) also gets a
+stand-in issuer: a key made in the service's image, its public half served as a
+static JWKS beside the app (compose.bench-auth.yaml), and a token signed with it
+that every /api request of the run carries (the ceiling gets the same header and
+ignores it). The service fetches the keys once at start, so no request of the load
+waits on the network.
 Before the load, the service's own Verifier checks that token in a container
 without a network: the CPU one verification costs.
 

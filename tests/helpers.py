@@ -51,7 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "postgres_version": "18",
         "license": "BSD-3-Clause",
     },
-    "no-redis": {"use_redis": False, "use_rate_limit": False},
+    # And the example API open to every caller on the stack end to end (auth=none).
+    "no-redis": {"use_redis": False, "use_rate_limit": False, "auth": "none"},
     "no-postgres": {"use_postgres": False, "include_example_api": False, "use_tracing": True},
     # Also an import name that differs from the distribution name, tokens verified
     # by a uvicorn service whose only protected routes are its own, and a worker with

@@ -261,8 +261,14 @@ def test_the_kind_workflow_bakes_each_matrix_entry(matrix: dict[str, Any], tmp_p
         matrix=matrix,
     )
     assert job.failed == [], job.report()
-    assert [s.name for s in job.steps if not s.skipped][-1] == "Bake the service"
+    ran = [s.name for s in job.steps if not s.skipped]
+    assert ran[-2:] == ["Bake the service", "Point the service at a real OpenID Connect issuer"]
     baked = tmp_path / "runner-temp" / "my-service"
     assert (baked / "Dockerfile").is_file()
+    # auth=oidc (every entry: the default): the ConfigMap names GitHub's issuer, whose
+    # discovery document /health/dependencies can fetch on the runner.
+    base = (baked / "deploy/kubernetes/base/kustomization.yaml").read_text()
+    issuers = re.findall(r"AUTH_ISSUER_URL=(\S+)", base)
+    assert issuers == ["https://token.actions.githubusercontent.com"], base
     assert ("migrations" in {p.name for p in baked.iterdir()}) == matrix["postgres"]
     assert job.not_run[0][0].startswith("helm/kind-action")

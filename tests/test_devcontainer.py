@@ -36,7 +36,7 @@ from tests.helpers import (
 DEVCONTAINER_CLI_VERSION = "0.89.0"
 DEVCONTAINER_CLI = TEMPLATE_DIR / ".ci" / ".tools" / "node_modules" / "@devcontainers" / "cli"
 # Every shape of backing services the dev container can start with.
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "default": {},
     "no-redis": {"use_redis": False, "use_rate_limit": False},
     "no-postgres": {"use_postgres": False, "include_example_api": False},
@@ -45,6 +45,7 @@ SHAPES = {
         "use_redis": False,
         "use_rate_limit": False,
         "include_example_api": False,
+        "auth": "none",
     },
 }
 # The uid of a developer's first account, and of the image's dev user.
@@ -125,7 +126,10 @@ def test_the_configuration_matches_the_compose_files_and_the_image(
     backing = [
         name for name, chosen in (("db", "use_postgres"), ("redis", "use_redis")) if context[chosen]
     ]
-    assert config["runServices"] == [config["service"], *backing]
+    # The dev issuer too with auth=oidc: the app run inside `dev` fetches its keys, and
+    # the README's token command asks it.
+    issuer = ["issuer"] if context["auth"] == "oidc" else []
+    assert config["runServices"] == [config["service"], *backing, *issuer]
     assert sorted(dev.get("depends_on", {})) == backing
     # The service URLs are compose.yaml's app's, letter for letter.
     for name in ("DATABASE_URL", "REDIS_URL"):

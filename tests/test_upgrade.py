@@ -127,6 +127,15 @@ def cruft(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run([sys.executable, "-m", "cruft", *args], cwd, env=GIT_IDENTITY)
 
 
+def knows_auth(template: Path, step: Release | None) -> bool:
+    """Whether the template at this update step (None: the working tree) has `auth`."""
+    if step is None:
+        text = (template / "cookiecutter.json").read_text()
+    else:
+        text = git(template, "show", f"{step.commit}:cookiecutter.json").stdout
+    return "auth" in json.loads(text)
+
+
 def choose_auth(service: Path, release: Release) -> str:
     """The CHANGELOG's step before the update that brings `auth`: the oldest release's
     service keeps its API open ("auth": "none" in .cruft.json), the others take the
@@ -186,9 +195,12 @@ def test_a_service_made_at_a_release_upgrades_to_this_one(
     env_before = (service / ".env").read_bytes()
     # Release by release (`cruft update --checkout vX.Y.Z`), then to this working tree.
     later = [r for r in releases() if r.key() > release.key()]
+    answers = json.loads((service / ".cruft.json").read_text())["context"]["cookiecutter"]
+    auth: str | None = answers.get("auth")
     for step in [*later, None]:
-        if step is None:
-            # Unreleased: `auth` is new, and .cruft.json has no answer for it.
+        if auth is None and knows_auth(template, step):
+            # The CHANGELOG's step, just before the update that brings the option: an
+            # update to an older release would drop an answer its template does not know.
             auth = choose_auth(service, release)
         checkout = ["--checkout", step.tag] if step else []
         updated = cruft(service, "update", "--skip-apply-ask", *checkout)
@@ -210,7 +222,7 @@ def test_a_service_made_at_a_release_upgrades_to_this_one(
         "DATABASE_COMMAND_TIMEOUT_SECONDS=", "DATABASE_STATEMENT_TIMEOUT_SECONDS="
     )
     dotenv = "".join(line for line in dotenv.splitlines(True) if not line.startswith("SECRET_KEY="))
-    if auth == "oidc":  # Unreleased: the issuer's settings, the dev issuer locally.
+    if auth == "oidc" and "AUTH_ISSUER_URL=" not in dotenv:  # the issuer's, the dev one
         dotenv += (
             "AUTH_ISSUER_URL=http://issuer:3000\nAUTH_AUDIENCE=api://my-service\n"
             "COMPOSE_PROFILES=dev-issuer\n"

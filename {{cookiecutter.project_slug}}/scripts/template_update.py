@@ -194,7 +194,9 @@ def describe(
             "",
             "The template added these options; `.cruft.json` now records its default for",
             "each (the template's CHANGELOG says what they do). To answer otherwise, on this",
-            "branch: `uvx cruft update --variables-to-update '{\"<option>\": <value>}'`.",
+            f"branch: `uvx --from {CRUFT} cruft update --variables-to-update",
+            "'{\"<option>\": <value>}'`, then `python3 scripts/template_update.py removals`",
+            "and `uv lock` (cruft skips `uv.lock` and `.env`).",
             "",
             *[f"- `{name}`: `{json.dumps(value)}`" for name, value in introduced.items()],
         ]

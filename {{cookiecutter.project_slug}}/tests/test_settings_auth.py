@@ -52,3 +52,20 @@ def test_outside_local_the_issuer_is_reached_over_https(
     assert Settings(_env_file=None, environment="local")
     with pytest.raises(ValidationError, match=f"{variable} must be https"):
         Settings(_env_file=None, environment="staging")
+
+
+@pytest.mark.parametrize("host", ["issuer.example.com", "example.org", "login.issuer.invalid"])
+def test_outside_local_a_placeholder_issuer_is_refused(host: str) -> None:
+    """The Kubernetes base's https://issuer.example.com must not reach production."""
+    url = f"https://{host}"
+    assert Settings(_env_file=None, environment="local", auth_issuer_url=url)
+    with pytest.raises(ValidationError, match=r"AUTH_ISSUER_URL names a placeholder host"):
+        Settings(_env_file=None, environment="staging", auth_issuer_url=url)
+
+
+def test_a_name_that_merely_contains_example_is_no_placeholder() -> None:
+    url = "https://login.examples.com/realms/main"  # not the reserved example.com
+    try:
+        Settings(_env_file=None, environment="staging", auth_issuer_url=url)
+    except ValidationError as error:  # other staging rules may apply here; not this one
+        assert "placeholder host" not in str(error)

@@ -216,6 +216,23 @@ class Settings(BaseSettings):
             if url and urlsplit(url).scheme != "https":
                 raise ValueError(f"{name} must be https when ENVIRONMENT={self.environment}")
         return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_issuer(self) -> Settings:
+        # The Kubernetes base ships https://issuer.example.com until a team names its
+        # own: deployed with it, every token would be refused while the pods look ready.
+        if self.environment in {"local", "test"}:
+            return self
+        host = urlsplit(self.auth_issuer_url).hostname or ""
+        reserved = ("example.com", "example.net", "example.org")  # RFC 2606
+        if host.rsplit(".", 1)[-1] in {"example", "invalid"} or any(
+            host == name or host.endswith(f".{name}") for name in reserved
+        ):
+            raise ValueError(
+                f"AUTH_ISSUER_URL names a placeholder host ({host}); set your issuer's "
+                f"when ENVIRONMENT={self.environment}"
+            )
+        return self
 {%- endif %}
 {%- if cookiecutter.use_postgres %}
 
