@@ -29,7 +29,7 @@ GROUP = pytest.mark.xdist_group("failure-modes")
 
 # What a default (auth=oidc) service needs in every environment; each case sets or
 # (None) removes one variable more.
-ISSUER_SETTINGS = {"AUTH_ISSUER_URL": "https://issuer.example.com", "AUTH_AUDIENCE": "api://x"}
+ISSUER_SETTINGS = {"AUTH_ISSUER_URL": "https://login.corp.test", "AUTH_AUDIENCE": "api://x"}
 BAD_ENVIRONMENTS: list[tuple[dict[str, str | None], str]] = [
     ({"DATABASE_URL": "mysql://u:p@db/app"}, "DATABASE_URL"),
     ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
@@ -43,6 +43,15 @@ BAD_ENVIRONMENTS: list[tuple[dict[str, str | None], str]] = [
     ({"WEB_CONCURRENCY": "many"}, "WEB_CONCURRENCY"),
     ({"AUTH_AUDIENCE": None}, "AUTH_AUDIENCE"),
     ({"AUTH_ISSUER_URL": "issuer.example.com"}, "AUTH_ISSUER_URL"),
+    # The Kubernetes base's placeholder issuer, deployed as it is.
+    (
+        {
+            "ENVIRONMENT": "production",
+            "DATABASE_URL": "postgresql://app:Kq7-not-a-placeholder@db/app",
+            "AUTH_ISSUER_URL": "https://issuer.example.com",
+        },
+        "AUTH_ISSUER_URL",
+    ),
 ]
 
 
